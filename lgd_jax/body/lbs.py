@@ -1,0 +1,167 @@
+"""The SMPL forward pass (smplx's ``lbs``) and the keypoint fast path, as pure functions.
+
+All functions take per-sample or batched inputs: any leading batch dimensions are carried through,
+and ``vmap`` over them works too.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from lgd_jax import rotations
+from lgd_jax.body import keypoint_sets
+from lgd_jax.body.model import BodyModel
+
+
+class BodyOutput(NamedTuple):
+  """Result of :func:`forward`.
+
+  Attributes:
+    vertices: (..., V, 3) posed, translated mesh vertices.
+    joints: (..., J, 3) posed, translated joints.
+    rotations: (..., J, 3, 3) global (world) rotation of every joint.
+  """
+
+  vertices: jnp.ndarray
+  joints: jnp.ndarray
+  rotations: jnp.ndarray
+
+
+def _mat_mat(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  # Broadcast-multiply-reduce rather than a batched dot: XLA fuses it with its neighbours, which
+  # is much faster than a batch of 3x3 matmuls on the CPU backend.
+  return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+
+
+def _mat_vec(a: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sum(a * v[..., None, :], axis=-1)
+
+
+def forward_kinematics(local_rot: jnp.ndarray, rest_joints: jnp.ndarray,
+                       parents: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Chains joint rotations down the kinematic tree.
+
+  Args:
+    local_rot: (..., J, 3, 3) rotation of every joint relative to its parent.
+    rest_joints: (..., J, 3) joint positions in the rest pose.
+    parents: parent of every joint, -1 for the root; parents precede children.
+
+  Returns:
+    global_rot: (..., J, 3, 3) world rotation of every joint.
+    posed_joints: (..., J, 3) world position of every joint (root stays at its rest position).
+  """
+  rest_joints = jnp.broadcast_to(rest_joints, local_rot.shape[:-1])
+  rots = [local_rot[..., 0, :, :]]
+  locs = [rest_joints[..., 0, :]]
+  for j in range(1, len(parents)):
+    p = parents[j]
+    rots.append(_mat_mat(rots[p], local_rot[..., j, :, :]))
+    locs.append(locs[p] + _mat_vec(rots[p], rest_joints[..., j, :] - rest_joints[..., p, :]))
+  return jnp.stack(rots, -3), jnp.stack(locs, -2)
+
+
+def _prepare(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray):
+  """Rotations, pose feature and rest joints shared by the full and the keypoint forward."""
+  num_joints = model.num_joints
+  if pose.shape[-1] != 3 * num_joints:
+    raise ValueError(f"pose has {pose.shape[-1]} values per sample, expected {3 * num_joints} "
+                     "(axis-angle, global orientation first)")
+  if betas.shape[-1] > model.num_betas:
+    raise ValueError(f"betas has {betas.shape[-1]} components, model {model.name!r} has "
+                     f"{model.num_betas}")
+  pose = pose.astype(model.dtype)
+  betas = betas.astype(model.dtype)
+  nb = betas.shape[-1]
+  local_rot = rotations.axis_angle_to_matrix(pose.reshape(pose.shape[:-1] + (num_joints, 3)))
+  rest_joints = model.j_template + jnp.einsum("...b,jcb->...jc", betas,
+                                              model.j_shapedirs[..., :nb])
+  eye = jnp.eye(3, dtype=model.dtype)
+  pose_feature = (local_rot[..., 1:, :, :] - eye).reshape(local_rot.shape[:-3] + (-1,))
+  return local_rot, rest_joints, pose_feature, betas, nb
+
+
+def _skin(weights: jnp.ndarray, global_rot: jnp.ndarray, posed_joints: jnp.ndarray,
+          rest_joints: jnp.ndarray, v_posed: jnp.ndarray) -> jnp.ndarray:
+  """Linear blend skinning: sum_k w_vk (R_k (v - J_k) + G_k) for (..., V, 3) rest vertices."""
+  offset = posed_joints - _mat_vec(global_rot, rest_joints)  # (..., J, 3)
+  affine = jnp.concatenate([global_rot, offset[..., None]], -1)  # (..., J, 3, 4)
+  v_homo = jnp.concatenate([v_posed, jnp.ones_like(v_posed[..., :1])], -1)
+  return jnp.einsum("vk,...kij,...vj->...vi", weights, affine, v_homo)
+
+
+def _broadcast_batch(pose, betas, transl):
+  batch = jnp.broadcast_shapes(pose.shape[:-1], betas.shape[:-1],
+                               () if transl is None else transl.shape[:-1])
+  pose = jnp.broadcast_to(pose, batch + pose.shape[-1:])
+  betas = jnp.broadcast_to(betas, batch + betas.shape[-1:])
+  return pose, betas
+
+
+def forward(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray,
+            transl: jnp.ndarray | None = None) -> BodyOutput:
+  """The full SMPL forward pass, identical to smplx's ``lbs`` followed by the translation.
+
+  Args:
+    model: the body model.
+    pose: (..., 72) axis-angle, global orientation first.
+    betas: (..., B') shape coefficients, B' <= model.num_betas (the first B' components).
+    transl: optional (..., 3) translation added to vertices and joints.
+
+  Returns:
+    A :class:`BodyOutput` with (..., V, 3) vertices and (..., J, 3) joints.
+  """
+  pose, betas = _broadcast_batch(jnp.asarray(pose), jnp.asarray(betas), transl)
+  local_rot, rest_joints, pose_feature, betas, nb = _prepare(model, pose, betas)
+  # Template, shape and pose blend shapes in one matrix product: the mesh is large and memory
+  # bandwidth, not arithmetic, is what a full forward pays for.
+  blend = jnp.concatenate([model.v_template[..., None], model.shapedirs[..., :nb],
+                           model.posedirs], -1)  # (V, 3, 1 + B' + 207)
+  coeff = jnp.concatenate([jnp.ones_like(betas[..., :1]), betas, pose_feature], -1)
+  v_posed = jnp.einsum("...p,vcp->...vc", coeff, blend)
+  global_rot, joints = forward_kinematics(local_rot, rest_joints, model.parents)
+  vertices = _skin(model.weights, global_rot, joints, rest_joints, v_posed)
+  if transl is not None:
+    transl = jnp.asarray(transl, model.dtype)[..., None, :]
+    vertices, joints = vertices + transl, joints + transl
+  return BodyOutput(vertices, joints, global_rot)
+
+
+def keypoints(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray,
+              transl: jnp.ndarray | None = None,
+              kpset: str | keypoint_sets.KeypointSet = "coco18") -> jnp.ndarray:
+  """Keypoints of a named set without computing the mesh.
+
+  Joints come from forward kinematics on the shape's rest joints (regressed once, at load time,
+  as ``j_template + j_shapedirs @ betas``); vertex keypoints skin only the vertices they need,
+  pose blend shapes included. Equal to selecting the keypoints from :func:`forward`.
+
+  Args:
+    model: the body model.
+    pose: (..., 72) axis-angle, global orientation first.
+    betas: (..., B') shape coefficients.
+    transl: optional (..., 3) translation.
+    kpset: a keypoint set or its name: "smpl24", "coco17", "coco18", "body25", "h36m17".
+
+  Returns:
+    (..., K, 3) keypoints.
+  """
+  plan = keypoint_sets.resolve(kpset, model)
+  pose, betas = _broadcast_batch(jnp.asarray(pose), jnp.asarray(betas), transl)
+  local_rot, rest_joints, pose_feature, betas, nb = _prepare(model, pose, betas)
+  global_rot, joints = forward_kinematics(local_rot, rest_joints, model.parents)
+  points = joints
+  if plan.vertex_ids.size:
+    ids = plan.vertex_ids
+    v_rest = (model.v_template[ids]
+              + jnp.einsum("...b,vcb->...vc", betas, model.shapedirs[ids][..., :nb])
+              + jnp.einsum("...p,vcp->...vc", pose_feature, model.posedirs[ids]))
+    skinned = _skin(model.weights[ids], global_rot, joints, rest_joints, v_rest)
+    vertex_kps = jnp.einsum("ks,...sc->...kc",
+                            jnp.asarray(plan.vertex_weights, model.dtype), skinned)
+    points = jnp.concatenate([joints, vertex_kps], -2)
+  points = points[..., plan.order, :]
+  if transl is not None:
+    points = points + jnp.asarray(transl, model.dtype)[..., None, :]
+  return points
