@@ -36,8 +36,9 @@ class Camera:
 def make_camera(focal=OFFICIAL_FOCAL, center=(0.0, 0.0), rotation=None, translation=(0., 0., 0.),
                 dtype=jnp.float32) -> Camera:
   """Builds a :class:`Camera`; a scalar focal length means fx = fy."""
-  focal = jnp.broadcast_to(jnp.asarray(focal, dtype)[..., None], jnp.shape(focal) + (2,)) \
-      if jnp.ndim(focal) == 0 else jnp.asarray(focal, dtype)
+  focal = jnp.asarray(focal, dtype)
+  if focal.ndim == 0:
+    focal = jnp.stack([focal, focal])
   rotation = jnp.eye(3, dtype=dtype) if rotation is None else jnp.asarray(rotation, dtype)
   return Camera(focal, jnp.asarray(center, dtype), rotation, jnp.asarray(translation, dtype))
 
