@@ -54,9 +54,7 @@ def models(model_file):
   # smplx's SMPL class unpickles model_path itself; an .npz goes in through data_struct.
   theirs = smplx.SMPL(model_path=str(model_file), data_struct=Struct(**arrays),
                       num_betas=NUM_BETAS, batch_size=BATCH, dtype=torch.float32)
-  ours = body.make_model(arrays["v_template"], arrays["shapedirs"], arrays["posedirs"],
-                         arrays["J_regressor"], arrays["weights"], arrays["f"],
-                         name=model_file.name, dtype=np.float32)
+  ours = body.load_model(model_file, num_betas=NUM_BETAS)
   return ours, theirs
 
 
