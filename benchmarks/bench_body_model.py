@@ -7,6 +7,7 @@ Both frameworks load the same random full-size model file (6890 vertices, 10 bet
 from ``lgd_jax.body.synthetic_smpl_arrays``) and run the same float32 batch. Workloads:
 
   mesh       full forward (vertices and the 24 joints); smplx under ``torch.no_grad()``.
+  mesh+grad  full forward, value and gradient w.r.t. pose and betas of the vertices' sum of squares.
   kp         "coco18" keypoints, value only; JAX's keypoint fast path, smplx's full forward and
              an index into its 45 joints (it has no keypoint-only path).
   kp+grad    "coco18" keypoints, value and gradient w.r.t. pose and betas of the squared error to
@@ -193,10 +194,8 @@ def make_inputs(batch: int, seed: int = 0):
   return pose, betas, transl, target
 
 
-def jax_workloads(arrays: dict, inputs):
-  model = body.make_model(arrays["v_template"], arrays["shapedirs"], arrays["posedirs"],
-                          arrays["J_regressor"], arrays["weights"], arrays["f"],
-                          name="SMPL_NEUTRAL.npz", dtype=jnp.float32)
+def jax_workloads(model_path: Path, inputs):
+  model = body.load_model(model_path, num_betas=NUM_BETAS, dtype=jnp.float32)
   pose, betas, transl, target = (jnp.asarray(x) for x in inputs)
 
   @jax.jit
@@ -213,8 +212,14 @@ def jax_workloads(arrays: dict, inputs):
 
   kp_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
+  def mesh_loss(pose, betas, model, transl):
+    return jnp.sum(jnp.square(body.forward(model, pose, betas, transl).vertices))
+
+  mesh_grad = jax.jit(jax.value_and_grad(mesh_loss, argnums=(0, 1)))
+
   return {
       "mesh": lambda: jax.block_until_ready(mesh(model, pose, betas, transl)),
+      "mesh+grad": lambda: jax.block_until_ready(mesh_grad(pose, betas, model, transl)),
       "kp": lambda: jax.block_until_ready(kp(model, pose, betas, transl)),
       "kp+grad": lambda: jax.block_until_ready(kp_grad(pose, betas, model, transl, target)),
   }
@@ -249,7 +254,13 @@ def torch_workloads(torch, smplx, arrays: dict, model_path: Path, inputs):
     grads = torch.autograd.grad(value, (p, b))
     return value.detach(), grads
 
-  return {"mesh": mesh, "kp": kp, "kp+grad": kp_grad}
+  def mesh_grad():
+    p = pose.detach().clone().requires_grad_(True)
+    b = betas.detach().clone().requires_grad_(True)
+    value = torch.sum(torch.square(run(p, b).vertices))
+    return value.detach(), torch.autograd.grad(value, (p, b))
+
+  return {"mesh": mesh, "mesh+grad": mesh_grad, "kp": kp, "kp+grad": kp_grad}
 
 
 def check_agreement(jax_fns, torch_fns) -> list[str]:
@@ -325,20 +336,21 @@ def main(argv=None) -> int:
     model_path = write_model_file(Path(tmp))
     with np.load(model_path) as f:
       arrays = dict(f)
-    fns = {"jax": jax_workloads(arrays, inputs)}
+    fns = {"jax": jax_workloads(model_path, inputs)}
     if torch is not None:
       fns["smplx"] = torch_workloads(torch, smplx, arrays, model_path, inputs)
 
   entries = []
   run_probe = BackgroundCpu()
-  for workload in ("mesh", "kp", "kp+grad"):
+  for workload in ("mesh", "mesh+grad", "kp", "kp+grad"):
     probe = BackgroundCpu()
     timings = measure({name: table[workload] for name, table in fns.items()}, repeats,
                       min_repeat_s, budget_s)
     for framework, stats in timings.items():
       entries.append({
           "framework": framework,
-          "workload": {"mesh": "mesh", "kp": f"{KPSET}", "kp+grad": f"{KPSET}+grad"}[workload],
+          "workload": {"mesh": "mesh", "mesh+grad": "mesh+grad", "kp": f"{KPSET}",
+                       "kp+grad": f"{KPSET}+grad"}[workload],
           "batch": args.batch,
           "median_ms": stats["median_s"] * 1e3,
           "spread_ms": stats["spread_s"] * 1e3,
@@ -377,7 +389,7 @@ def main(argv=None) -> int:
   if "smplx" in fns:
     by = {(e["framework"], e["workload"]): e for e in entries}
     print()
-    for w in ("mesh", KPSET, f"{KPSET}+grad"):
+    for w in ("mesh", "mesh+grad", KPSET, f"{KPSET}+grad"):
       ratio = by["smplx", w]["median_ms"] / by["jax", w]["median_ms"]
       print(f"speed-up JAX/smplx {w:11s} {ratio:6.2f}x")
     print("agreement on this batch: " + "; ".join(agreement))

@@ -76,11 +76,12 @@ class KeypointPlan:
   """A keypoint set resolved against one model (all fields static NumPy).
 
   Keypoints are gathered by ``order`` from the concatenation of the J posed joints and the
-  ``vertex_weights @ skinned vertices[vertex_ids]`` rows.
+  ``vertex_weights @ skinned vertices[vertex_ids]`` rows (the skinned vertices themselves when
+  ``vertex_weights`` is None, as for landmarks).
   """
 
   vertex_ids: np.ndarray  # (S,) vertices to skin
-  vertex_weights: np.ndarray  # (K_v, S)
+  vertex_weights: np.ndarray | None  # (K_v, S); None: the skinned vertices themselves (K_v = S)
   order: np.ndarray  # (K,) indices into [joints (J); vertex keypoints (K_v)]
 
 
@@ -164,8 +165,7 @@ def _resolve(kpset: KeypointSet, num_verts: int, num_joints: int,
       raise ValueError(f"keypoint set {kpset.name!r} needs {kp!r}, which model "
                        f"{model_name!r} has neither as a joint nor as a landmark vertex "
                        f"(landmarks: {sorted(landmark_ids)})")
-  return KeypointPlan(np.asarray(vertex_ids, np.int32), np.eye(len(vertex_ids)),
-                      np.asarray(order, np.int32))
+  return KeypointPlan(np.asarray(vertex_ids, np.int32), None, np.asarray(order, np.int32))
 
 
 def resolve(kpset: str | KeypointSet, model: BodyModel) -> KeypointPlan:

@@ -158,9 +158,10 @@ def keypoints(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray,
     v_rest = (model.v_template[ids]
               + jnp.einsum("...b,vcb->...vc", betas, model.shapedirs[ids][..., :nb])
               + jnp.einsum("...p,vcp->...vc", pose_feature, model.posedirs[ids]))
-    skinned = _skin(model.weights[ids], global_rot, joints, rest_joints, v_rest)
-    vertex_kps = jnp.einsum("ks,...sc->...kc",
-                            jnp.asarray(plan.vertex_weights, model.dtype), skinned)
+    vertex_kps = _skin(model.weights[ids], global_rot, joints, rest_joints, v_rest)
+    if plan.vertex_weights is not None:
+      vertex_kps = jnp.einsum("ks,...sc->...kc", jnp.asarray(plan.vertex_weights, model.dtype),
+                              vertex_kps)
     points = jnp.concatenate([joints, vertex_kps], -2)
   points = points[..., plan.order, :]
   if transl is not None:
