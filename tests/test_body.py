@@ -259,9 +259,3 @@ def test_grad_through_the_model_arrays(model):
   assert g.v_template.shape == model.v_template.shape
   assert np.isfinite(np.asarray(g.posedirs)).all() and float(jnp.abs(g.v_template).sum()) > 0
 
-
-def test_tree_levels():
-  from lgd_jax.body.model import tree_levels
-  levels = tree_levels(body.SMPL_PARENTS)
-  assert len(levels) == 9 and list(levels[0]) == [0]
-  assert sorted(np.concatenate(levels).tolist()) == list(range(24))

@@ -53,6 +53,9 @@ def forward_kinematics(local_rot: jnp.ndarray, rest_joints: jnp.ndarray,
     global_rot: (..., J, 3, 3) world rotation of every joint.
     posed_joints: (..., J, 3) world position of every joint (root stays at its rest position).
   """
+  # Joint by joint, unrolled at trace time. Walking the tree level by level (9 levels instead of
+  # 23 joints, with gathers and scatters) measured slower on XLA:CPU: 3.6 ms against 3.0 ms forward
+  # and 8.2 ms against 4.1 ms with the gradient, at batch 1024.
   rest_joints = jnp.broadcast_to(rest_joints, local_rot.shape[:-1])
   rots = [local_rot[..., 0, :, :]]
   locs = [rest_joints[..., 0, :]]

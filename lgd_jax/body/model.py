@@ -162,11 +162,3 @@ def make_model(
       name=name,
   )
 
-
-def tree_levels(parents: Sequence[int]) -> list[np.ndarray]:
-  """Joints grouped by depth in the tree: level 0 is the root, level k its depth-k descendants."""
-  depth = [0] * len(parents)
-  for j in range(1, len(parents)):
-    depth[j] = depth[parents[j]] + 1
-  return [np.array([j for j in range(len(parents)) if depth[j] == d], np.int32)
-          for d in range(max(depth) + 1)]
