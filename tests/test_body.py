@@ -259,3 +259,10 @@ def test_grad_through_the_model_arrays(model):
   assert g.v_template.shape == model.v_template.shape
   assert np.isfinite(np.asarray(g.posedirs)).all() and float(jnp.abs(g.v_template).sum()) > 0
 
+
+
+def test_h36m17_by_name_needs_the_user_supplied_regressor(model):
+  if keypoint_sets.DEFAULT_H36M_REGRESSOR.exists():
+    pytest.skip("a J_regressor_h36m.npy is installed here")
+  with pytest.raises(FileNotFoundError, match="third_party/smpl/J_regressor_h36m.npy"):
+    body.keypoints(model, jnp.zeros((1, 72)), jnp.zeros((1, 10)), None, "h36m17")
