@@ -77,13 +77,22 @@ def _prepare(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray):
                      f"{model.num_betas}")
   pose = pose.astype(model.dtype)
   betas = betas.astype(model.dtype)
-  nb = betas.shape[-1]
   local_rot = rotations.axis_angle_to_matrix(pose.reshape(pose.shape[:-1] + (num_joints, 3)))
   rest_joints = model.j_template + jnp.einsum("...b,jcb->...jc", betas,
-                                              model.j_shapedirs[..., :nb])
+                                              model.j_shapedirs[..., :betas.shape[-1]])
   eye = jnp.eye(3, dtype=model.dtype)
   pose_feature = (local_rot[..., 1:, :, :] - eye).reshape(local_rot.shape[:-3] + (-1,))
-  return local_rot, rest_joints, pose_feature, betas, nb
+  return local_rot, rest_joints, pose_feature, betas
+
+
+def _rest_vertices(model: BodyModel, betas: jnp.ndarray, pose_feature: jnp.ndarray,
+                   ids=None) -> jnp.ndarray:
+  """Template plus shape and pose blend shapes, for all vertices or the static ``ids``."""
+  parts = [model.v_template, model.shapedirs[..., :betas.shape[-1]], model.posedirs]
+  if ids is not None:
+    parts = [part[ids] for part in parts]
+  return (parts[0] + jnp.einsum("...b,vcb->...vc", betas, parts[1])
+          + jnp.einsum("...p,vcp->...vc", pose_feature, parts[2]))
 
 
 def _skin(weights: jnp.ndarray, global_rot: jnp.ndarray, posed_joints: jnp.ndarray,
@@ -117,13 +126,8 @@ def forward(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray,
     A :class:`BodyOutput` with (..., V, 3) vertices and (..., J, 3) joints.
   """
   pose, betas = _broadcast_batch(jnp.asarray(pose), jnp.asarray(betas), transl)
-  local_rot, rest_joints, pose_feature, betas, nb = _prepare(model, pose, betas)
-  # Template, shape and pose blend shapes in one matrix product: the mesh is large and memory
-  # bandwidth, not arithmetic, is what a full forward pays for.
-  blend = jnp.concatenate([model.v_template[..., None], model.shapedirs[..., :nb],
-                           model.posedirs], -1)  # (V, 3, 1 + B' + 207)
-  coeff = jnp.concatenate([jnp.ones_like(betas[..., :1]), betas, pose_feature], -1)
-  v_posed = jnp.einsum("...p,vcp->...vc", coeff, blend)
+  local_rot, rest_joints, pose_feature, betas = _prepare(model, pose, betas)
+  v_posed = _rest_vertices(model, betas, pose_feature)
   global_rot, joints = forward_kinematics(local_rot, rest_joints, model.parents)
   vertices = _skin(model.weights, global_rot, joints, rest_joints, v_posed)
   if transl is not None:
@@ -153,14 +157,12 @@ def keypoints(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray,
   """
   plan = keypoint_sets.resolve(kpset, model)
   pose, betas = _broadcast_batch(jnp.asarray(pose), jnp.asarray(betas), transl)
-  local_rot, rest_joints, pose_feature, betas, nb = _prepare(model, pose, betas)
+  local_rot, rest_joints, pose_feature, betas = _prepare(model, pose, betas)
   global_rot, joints = forward_kinematics(local_rot, rest_joints, model.parents)
   points = joints
   if plan.vertex_ids.size:
     ids = plan.vertex_ids
-    v_rest = (model.v_template[ids]
-              + jnp.einsum("...b,vcb->...vc", betas, model.shapedirs[ids][..., :nb])
-              + jnp.einsum("...p,vcp->...vc", pose_feature, model.posedirs[ids]))
+    v_rest = _rest_vertices(model, betas, pose_feature, ids)
     vertex_kps = _skin(model.weights[ids], global_rot, joints, rest_joints, v_rest)
     if plan.vertex_weights is not None:
       vertex_kps = jnp.einsum("ks,...sc->...kc", jnp.asarray(plan.vertex_weights, model.dtype),
