@@ -103,7 +103,7 @@ def regressor_keypoint_set(path: str | os.PathLike, name: str = "h36m17",
     names: keypoint names; used when their number matches K, else "joint_<k>".
 
   Returns:
-    The keypoint set.
+    The keypoint set. Build it once and reuse it: plans and jitted functions are cached per set.
   """
   path = Path(path)
   if not path.is_file():
