@@ -47,11 +47,15 @@ def sample_targets(model, key, batch, kpset="coco18", drop_prob=0.2):
 
 
 def reprojection_loss(params, model, kp2d, conf, kpset="coco18"):
-  """LGD's objective for one sample: confidence-weighted L1 of unit-box-normalised 2D keypoints."""
+  """LGD's objective for one sample: confidence-weighted L1 of unit-box-normalised 2D keypoints.
+
+  Returns the loss and, as auxiliary output, the 3D keypoints it was computed from.
+  """
   pose, betas = params
   kp3d = body.keypoints(model, pose, betas, None, kpset)
   pred = camera.normalize_unit_box(camera.project(kp3d, camera.official_camera()), conf)
-  return jnp.sum(conf[:, None] * jnp.abs(pred - kp2d)) / jnp.maximum(2.0 * jnp.sum(conf), 1.0)
+  loss = jnp.sum(conf[:, None] * jnp.abs(pred - kp2d)) / jnp.maximum(2.0 * jnp.sum(conf), 1.0)
+  return loss, kp3d
 
 
 def mpjpe_mm(pred, gt):
@@ -61,21 +65,29 @@ def mpjpe_mm(pred, gt):
   return 1000.0 * jnp.linalg.norm(pred - gt, axis=-1).mean(-1)
 
 
-@functools.partial(jax.jit, static_argnames=("iters", "lr"))
-def fit_chunk(model, params, opt_state, kp2d, conf, kp3d_gt, iters, lr):
-  """``iters`` Adam steps on every sample at once; returns per-step mean 2D and 3D errors."""
+@functools.partial(jax.jit, static_argnames=("chunk", "lr"))
+def fit_chunk(model, params, opt_state, kp2d, conf, kp3d_gt, num_active, chunk, lr):
+  """Up to ``chunk`` Adam steps on every sample at once.
+
+  Only the first ``num_active`` (traced) steps update the parameters, so a shorter last chunk
+  reuses the compiled program. Returns per-step mean 2D and 3D errors at the parameters each step
+  started from.
+  """
   opt = optax.adam(lr)
-  value_and_grad = jax.vmap(jax.value_and_grad(reprojection_loss), in_axes=(0, None, 0, 0))
+  value_and_grad = jax.vmap(jax.value_and_grad(reprojection_loss, has_aux=True),
+                            in_axes=(0, None, 0, 0))
 
-  def step(carry, _):
+  def step(carry, i):
     params, opt_state = carry
-    loss, grads = value_and_grad(params, model, kp2d, conf)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    err3d = mpjpe_mm(body.keypoints(model, params[0], params[1], None, "coco18"), kp3d_gt)
-    return (params, opt_state), (loss.mean(), err3d.mean())
+    (loss, kp3d), grads = value_and_grad(params, model, kp2d, conf)
+    updates, new_state = opt.update(grads, opt_state, params)
+    active = i < num_active
+    keep = lambda new, old: jnp.where(active, new, old)
+    params = jax.tree.map(keep, optax.apply_updates(params, updates), params)
+    opt_state = jax.tree.map(keep, new_state, opt_state)
+    return (params, opt_state), (loss.mean(), mpjpe_mm(kp3d, kp3d_gt).mean())
 
-  (params, opt_state), curves = jax.lax.scan(step, (params, opt_state), None, length=iters)
+  (params, opt_state), curves = jax.lax.scan(step, (params, opt_state), jnp.arange(chunk))
   return params, opt_state, curves
 
 
@@ -105,9 +117,9 @@ def main(argv=None) -> int:
   while done < args.iters:
     n = min(chunk, args.iters - done)
     params, opt_state, (loss, err) = fit_chunk(model, params, opt_state, kp2d, conf, kp3d_gt,
-                                               iters=n, lr=args.lr)
-    losses.extend(np.asarray(loss).tolist())
-    errs.extend(np.asarray(err).tolist())
+                                               n, chunk=chunk, lr=args.lr)
+    losses.extend(np.asarray(loss)[:n].tolist())
+    errs.extend(np.asarray(err)[:n].tolist())
     done += n
     print(f"  step {done:4d}/{args.iters}  2D L1 {losses[-1]:.4f}  3D error {errs[-1]:6.1f} mm  "
           f"({time.perf_counter() - start:.1f} s)", flush=True)
@@ -119,10 +131,10 @@ def main(argv=None) -> int:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-  axes[0].plot(np.arange(1, len(losses) + 1), losses)
+  axes[0].plot(np.arange(len(losses)), losses)
   axes[0].set(xlabel="iteration", ylabel="2D re-projection L1 (unit box)", yscale="log",
               title="objective")
-  axes[1].plot(np.arange(1, len(errs) + 1), errs, color="C1")
+  axes[1].plot(np.arange(len(errs)), errs, color="C1")
   axes[1].set(xlabel="iteration", ylabel="3D keypoint error (mm)", title="true error")
   fig.suptitle(f"Adam on the 2D objective, {args.batch} samples, zero-pose start")
   fig.tight_layout()

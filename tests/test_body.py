@@ -7,7 +7,7 @@ import pytest
 from jax.test_util import check_grads
 
 from lgd_jax import body, rotations
-from lgd_jax.body import keypoint_sets, lbs
+from lgd_jax.body import keypoint_sets
 
 # float32 round-off on metre-scale coordinates.
 F32_TOL = 2e-5
