@@ -1,0 +1,20 @@
+"""The free default: the built-in body model and synthetic poses, no licence-gated files.
+Trains in about 10 minutes on a 2-core CPU and visibly learns.
+
+    python train.py --config configs/demo.py --workdir runs/demo
+    python evaluate.py --ckpt runs/demo --out runs/demo/results.json
+"""
+
+from lgd_jax.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.batch_size = 256
+  c.num_epochs = 4
+  c.steps_per_epoch = 150
+  c.num_steps = 10
+  c.checkpoint_every = 150
+  c.val_samples = 1024
+  c.model.hidden = 512
+  return c

@@ -1,0 +1,23 @@
+"""The public PyTorch code's settings: separate pose and shape heads (residual MLPs), a learned
+initial guess from the keypoints, features [x, θ, ∂L/∂θ], output scale 0.1, 3 update steps,
+batch 512, learning rate ×0.8 per epoch, every AMASS frame.
+
+    python train.py --config configs/official.py --workdir runs/official \
+        --config.body_model=third_party/smpl/SMPL_MALE.pkl --config.amass_dir=/data/AMASS
+"""
+
+from lgd_jax.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.requires_data = True
+  c.batch_size = 512
+  c.num_steps = 3
+  c.lr_decay = 0.8
+  c.amass_fps = 0.0  # every frame
+  c.model.variant = "official"
+  c.model.init = "learned"
+  c.model.output_scale = 0.1
+  c.model.unroll = 3
+  return c

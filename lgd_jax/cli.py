@@ -1,0 +1,39 @@
+"""Shared command-line plumbing: one clear line for a user's mistake, a traceback only on --debug."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from lgd_jax.body.io import ModelFileError
+from lgd_jax.checkpoints import CheckpointError
+from lgd_jax.training import ConfigError
+
+# Errors whose message is complete for a user: shown as one line, exit code 2.
+USER_ERRORS = (ConfigError, ModelFileError, CheckpointError, FileNotFoundError)
+
+
+def user_errors() -> tuple:
+  errors = USER_ERRORS
+  try:
+    from lgd_jax.data.amass import AmassError
+    errors = errors + (AmassError,)
+  except ImportError:
+    pass
+  return errors
+
+
+def run(fn, debug: bool) -> int:
+  """Runs ``fn()``; a known user error becomes ``error: <message>`` on stderr and exit code 2."""
+  try:
+    return fn() or 0
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    return 130
+  except user_errors() as e:
+    if debug:
+      traceback.print_exc()
+    msg = " ".join(str(e).split()) if not isinstance(e, FileNotFoundError) or not e.filename \
+        else f"{e.filename}: {e.strerror}"
+    print(f"error: {msg}", file=sys.stderr)
+    return 2

@@ -1,0 +1,85 @@
+"""The base config every file under ``configs/`` starts from.
+
+Fields (all overridable on the command line, ``--config.key=value``):
+
+* ``body_model``: an SMPL-layout model file (.pkl or .npz); empty = the free built-in model.
+* ``num_betas``: shape components used.
+* ``amass_dir``: a directory of AMASS ``.npz`` sequences; empty = the synthetic pose source.
+  ``amass_fps`` (frame subsampling), ``amass_cache`` (preprocessed file; empty = next to the data
+  or in ~/.cache), ``val_fraction`` (sequences held out, by a stable hash of their path).
+* ``keypoints``: keypoint set of the objective; ``objective_loss``: "l1" or "l2";
+  ``fit_translation``: add the camera translation (3) to Θ.
+* ``batch_size``, ``num_epochs``, ``steps_per_epoch`` (synthetic source; AMASS derives it from its
+  size), ``num_steps`` (N, the training window), ``seed``.
+* ``learning_rate``, ``lr_decay`` (factor per epoch; 1 = constant).
+* ``checkpoint_every`` (steps), ``keep_checkpoints``, ``log_every`` (steps), ``val_samples``,
+  ``val_seed``.
+* ``model``: the update network (``variant`` "paper" or "official", widths, dropout, output scale,
+  initial guess "zero" or "learned", input features, stopped gradient, scan unroll, dtype).
+* ``loss``: training-loss weights; ``augment``: root rotation ranges, keypoint drop probability,
+  translation ranges.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.body_model = ""
+  c.num_betas = 10
+  c.amass_dir = ""
+  c.amass_fps = 30.0
+  c.amass_cache = ""
+  c.val_fraction = 0.05
+  c.requires_data = False  # True: body_model and amass_dir must be given (configs/paper.py)
+
+  c.keypoints = "coco18"
+  c.objective_loss = "l1"
+  c.fit_translation = False
+
+  c.batch_size = 1024
+  c.num_epochs = 20
+  c.steps_per_epoch = 1000
+  c.num_steps = 10
+  c.seed = 0
+  c.learning_rate = 1e-3
+  c.lr_decay = 1.0
+
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.log_every = 10
+  c.val_samples = 2048
+  c.val_seed = 1_000_003
+
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = "paper"
+  c.model.hidden = 1024
+  c.model.num_blocks = 4
+  c.model.num_residual = 2
+  c.model.dropout = 0.2
+  c.model.output_scale = 0.1
+  c.model.out_init_scale = 1.0
+  c.model.init = "zero"
+  c.model.features = ""  # comma-separated; empty = the variant's inputs
+  c.model.stop_gradient = True
+  c.model.grad_scale = 1.0
+  c.model.unroll = 10
+  c.model.dtype = "float32"
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.kp2d = 0.3
+  c.loss.kp3d = 0.3
+  c.loss.pose = 1.0
+  c.loss.betas = 1.0
+  c.loss.transl = 1.0
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.yaw_deg = 180.0
+  c.augment.tilt_deg = 20.0
+  c.augment.drop_prob = 0.2
+  c.augment.transl_xy = 0.5
+  c.augment.depth_min = 4.0
+  c.augment.depth_max = 8.0
+  return c

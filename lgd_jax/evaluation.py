@@ -1,0 +1,204 @@
+"""Evaluating a trained learned optimiser against classical optimisers on held-out samples.
+
+    from lgd_jax import evaluation
+    results = evaluation.evaluate("runs/demo", num_steps=20)
+
+Everything is rebuilt from the checkpoint (its config names the body model and the data).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lgd_jax import checkpoints, lgd, objective, training
+from lgd_jax.objective import Problem
+
+METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pck150", "auc", "reproj")
+# Step sizes tried for the classical baselines; the best by PA-MPJPE at the training window wins.
+GD_STEP_SIZES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+ADAM_LEARNING_RATES = (0.003, 0.01, 0.03, 0.1, 0.3)
+TUNING_SEED_OFFSET = 7919  # the tuning batch's stream, apart from the held-out samples
+
+
+@dataclass
+class Restored:
+  config: ml_collections.ConfigDict
+  problem: Problem
+  learner: lgd.Learner
+  variables: dict
+  step: int
+  path: str
+
+
+def restore(ckpt: str | os.PathLike) -> Restored:
+  """Rebuilds the body model, the problem and the learner from a checkpoint alone."""
+  directory, step = checkpoints.locate(ckpt)
+  config = checkpoints.read_config(directory, step)
+  model = training.load_body_model(config)
+  problem = training.make_problem(config, model)
+  learner = training.make_learner(config, problem)
+  tx = training.make_optimizer(config, 1)
+  template = training.init_state(learner, problem, tx, int(config.seed))
+  mngr = checkpoints.manager_at(directory)
+  try:
+    state = checkpoints.restore_state(mngr, step, template)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise checkpoints.CheckpointError(
+        f"{directory / str(step)}: cannot restore the state ({' '.join(str(e).split())[:200]})"
+    ) from None
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  return Restored(config, problem, learner, variables, step, str(directory / str(step)))
+
+
+def parse_data(spec: str | None) -> tuple[str, str | None]:
+  """``None``/"synthetic" or "amass:DIR" -> (name, path)."""
+  if not spec or spec == "synthetic":
+    return "synthetic", None
+  name, _, path = spec.partition(":")
+  if name != "amass" or not path:
+    raise training.ConfigError(f"--data: expected 'synthetic' or 'amass:DIR', got {spec!r}")
+  return name, path
+
+
+def held_out_source(config, data: str | None) -> tuple[str, training.PoseSource]:
+  name, path = parse_data(data)
+  if name == "synthetic":
+    if config.amass_dir and data is None:
+      cfg = ml_collections.ConfigDict(config.to_dict())
+      _, val, _ = training.load_pose_data(cfg)
+      return "amass-val", val
+    return "synthetic", training.PoseSource()
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  cfg.amass_dir = path
+  _, val, _ = training.load_pose_data(cfg)
+  return "amass-val", val
+
+
+@functools.partial(jax.jit, static_argnames=("method", "num_steps"))
+def eval_baseline(problem: Problem, method: str, step_size, batch: training.Batch, num_steps: int):
+  """Per-step metrics of gradient descent or Adam from the zero start."""
+  tx = lgd.gradient_descent(step_size) if method == "gd" else lgd.adam(step_size)
+  theta0 = jnp.zeros_like(batch.theta)
+  traj = lgd.run_optimizer(problem, tx, theta0, batch.kp2d, batch.conf, num_steps)
+  return training.trajectory_metrics(problem, traj, batch.theta)
+
+
+def tune(problem: Problem, method: str, candidates, batch: training.Batch, window: int):
+  """The candidate step size with the lowest mean PA-MPJPE after ``window`` steps (an oracle
+  choice that favours the baseline), and the scores."""
+  scores = {float(c): float(eval_baseline(problem, method, c, batch, window)["pa_mpjpe_mm"][-1])
+            for c in candidates}
+  finite = {c: s for c, s in scores.items() if np.isfinite(s)}
+  best = min(finite, key=finite.get) if finite else float(candidates[0])
+  return best, scores
+
+
+def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
+             num_samples: int = 1024, batch_size: int = 512, log=print) -> dict:
+  """Evaluates LGD, tuned GD and tuned Adam for ``num_steps`` (default max(20, 2N)) steps.
+
+  Returns the ``results.json`` dictionary: per method, each metric as a list over steps 0..M.
+  """
+  r = restore(ckpt)
+  window = int(r.config.num_steps)
+  num_steps = max(20, 2 * window) if num_steps is None else int(num_steps)
+  if num_steps < 1:
+    raise training.ConfigError(f"--steps: expected a positive integer, got {num_steps}")
+  name, source = held_out_source(r.config, data)
+  seed = int(r.config.val_seed) + 1  # not the validation batches seen during training
+  batches = training.validation_batches(r.config, r.problem, source, num_samples, seed,
+                                        batch_size)
+  sizes = [b.theta.shape[0] for b in batches]
+  tuning = training.validation_batches(r.config, r.problem, source, min(256, num_samples),
+                                       seed + TUNING_SEED_OFFSET, 256)[0]
+  log(f"evaluating {r.path} on {sum(sizes)} held-out {name} samples, {num_steps} steps "
+      f"(training window N = {window})")
+
+  methods, settings, timing = {}, {}, {}
+  t0 = time.perf_counter()
+  res = [training.eval_lgd(r.learner, r.variables, r.problem, b, num_steps) for b in batches]
+  methods["lgd"] = training.mean_over_batches(jax.device_get(res), sizes)
+  timing["lgd"] = time.perf_counter() - t0
+  for method, grid in (("gd", GD_STEP_SIZES), ("adam", ADAM_LEARNING_RATES)):
+    t0 = time.perf_counter()
+    best, scores = tune(r.problem, method, grid, tuning, window)
+    settings[method] = {"step_size": best, "tuning_pa_mpjpe_mm": scores}
+    res = [eval_baseline(r.problem, method, best, b, num_steps) for b in batches]
+    methods[method] = training.mean_over_batches(jax.device_get(res), sizes)
+    timing[method] = time.perf_counter() - t0
+    log(f"  {method}: step size {best:g} (tuned on PA-MPJPE at step {window})")
+  return {
+      "dataset": name,
+      "num_samples": int(sum(sizes)),
+      "checkpoint": r.path,
+      "checkpoint_step": r.step,
+      "num_steps": num_steps,
+      "training_window": window,
+      "keypoints": r.config.keypoints,
+      "methods": {m: {k: [float(x) for x in np.asarray(v)] for k, v in vals.items()}
+                  for m, vals in methods.items()},
+      "baseline_settings": settings,
+      "wall_time_s": timing,
+  }
+
+
+def table(results: dict, steps=None) -> str:
+  """The results as a text table: each method at a few steps."""
+  m_steps = results["num_steps"]
+  window = results["training_window"]
+  steps = steps or sorted({0, 1, window, m_steps} & set(range(m_steps + 1)))
+  head = f"{'method':8s} {'step':>5s} " + " ".join(f"{k:>12s}" for k in METRICS)
+  lines = [head, "-" * len(head)]
+  for method, vals in results["methods"].items():
+    for s in steps:
+      lines.append(f"{method:8s} {s:5d} " + " ".join(f"{vals[k][s]:12.3f}" if k == "reproj"
+                                                   else f"{vals[k][s]:12.1f}" for k in METRICS))
+  return "\n".join(lines)
+
+
+def plot(results: dict, path: str) -> None:
+  """Per-step curves of every method (3D error, PA-MPJPE, 2D objective), training window shaded."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  panels = (("mpjpe_mm", "MPJPE (mm)"), ("pa_mpjpe_mm", "PA-MPJPE (mm)"),
+            ("reproj", "2D re-projection error"))
+  labels = {"lgd": "learned (ours)", "gd": "gradient descent", "adam": "Adam"}
+  for ax, (key, label) in zip(axes, panels):
+    for method, vals in results["methods"].items():
+      ax.plot(np.arange(len(vals[key])), vals[key], label=labels.get(method, method))
+    ax.axvspan(0, results["training_window"], color="C0", alpha=0.08, lw=0)
+    ax.set(xlabel="iteration", ylabel=label)
+    if key == "reproj":
+      ax.set_yscale("log")
+  axes[0].legend()
+  fig.suptitle(f"{results['num_samples']} held-out {results['dataset']} samples "
+               f"(shaded: training window N = {results['training_window']})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_results(results: dict, out: str) -> list[str]:
+  """Writes results.json (atomically) and a PNG of the curves beside it."""
+  directory = os.path.dirname(os.path.abspath(out))
+  os.makedirs(directory, exist_ok=True)
+  tmp = out + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(tmp, out)
+  png = os.path.splitext(out)[0] + "_curves.png"
+  plot(results, png)
+  return [out, png]
