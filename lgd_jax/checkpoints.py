@@ -71,16 +71,15 @@ def locate(path: str | os.PathLike) -> tuple[Path, int]:
 
 
 def read_config(directory: Path, step: int) -> ml_collections.ConfigDict:
-  """The config saved with a checkpoint."""
-  path = directory / str(step) / "config"
-  files = sorted(path.glob("*")) if path.is_dir() else []
-  for f in files:
-    if f.is_file():
-      try:
-        return ml_collections.ConfigDict(json.loads(f.read_text()))
-      except (OSError, ValueError) as e:
-        raise CheckpointError(f"{f}: unreadable config ({e})") from None
-  raise CheckpointError(f"{path}: the checkpoint has no config")
+  """The config saved with the checkpoint ``directory/step``."""
+  where = Path(directory) / str(step)
+  try:
+    mngr = manager_at(directory)
+    raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return ml_collections.ConfigDict(raw)
+  except Exception as e:  # orbax raises many types for a missing or damaged item
+    raise CheckpointError(f"{where}: unreadable config ({' '.join(str(e).split())[:200]})") \
+        from None
 
 
 # Config fields that fix the shapes of the saved state: a checkpoint of another value cannot be

@@ -23,8 +23,15 @@ def user_errors() -> tuple:
   return errors
 
 
+def quiet_logs() -> None:
+  """Orbax reports every save and restore through absl logging at INFO."""
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+
+
 def run(fn, debug: bool) -> int:
   """Runs ``fn()``; a known user error becomes ``error: <message>`` on stderr and exit code 2."""
+  quiet_logs()
   try:
     return fn() or 0
   except KeyboardInterrupt:
