@@ -2,7 +2,7 @@
 
     python -m lgd_jax.fit_demo [--out-dir outputs/fit_demo] [--batch 256] [--iters 200]
 
-It runs on the free procedural body model, so it needs no licence-gated files: random poses are
+It runs on the free built-in body model, so it needs no licence-gated files: random poses are
 rendered to COCO-18 keypoints by the official code's camera, normalised to the unit box, and fitted
 from the zero pose with Adam on the re-projection objective LGD uses (no priors). The whole fit is one
 jitted, batched ``lax.scan``; it prints progress and writes a convergence plot. It is the stand-in
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     print("error: --batch and --iters must be positive", file=sys.stderr)
     return 2
 
-  model = body.tiny_model(num_verts=2000)
+  model = body.load_model()  # the free built-in body model
   pose_gt, betas_gt, kp3d_gt, kp2d, conf = sample_targets(model, jax.random.PRNGKey(args.seed),
                                                           args.batch)
   params = (jnp.zeros_like(pose_gt), jnp.zeros_like(betas_gt))

@@ -530,12 +530,6 @@ def test_missing_file_says_where_smpl_goes(tmp_path):
                    "licence")
 
 
-def test_path_none_points_to_tiny_model():
-  with pytest.raises(ModelFileError) as e:
-    load_model(None)
-  _assert_one_line(e.value, None, "no default model", "tiny_model()")
-
-
 def test_directory_and_bad_num_betas(tmp_path):
   with pytest.raises(ModelFileError) as e:
     load_model(tmp_path)

