@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.struct
 import jax
@@ -94,6 +94,14 @@ def check_config(config) -> None:
   for name in ("batch_size", "num_epochs", "num_steps", "checkpoint_every"):
     if int(config[name]) < 1:
       raise ConfigError(f"{name}: expected a positive integer, got {config[name]!r}")
+  if config.get("requires_data", False):
+    need = {"body_model": "--config.body_model=PATH (an SMPL .pkl or .npz; see "
+                          "third_party/README.md)",
+            "amass_dir": "--config.amass_dir=DIR (a directory of AMASS .npz sequences)"}
+    missing = [k for k in need if not config[k]]
+    if missing:
+      raise ConfigError(f"{', '.join(missing)}: this config trains on SMPL and AMASS; pass "
+                        f"{' '.join(need[k] for k in missing)}, or use configs/demo.py")
   if not config.amass_dir and int(config.steps_per_epoch) < 1:
     raise ConfigError(f"steps_per_epoch: expected a positive integer, got {config.steps_per_epoch!r}")
 
@@ -202,9 +210,21 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
+class OptimizerSettings(NamedTuple):
+  learning_rate: float
+  lr_decay: float
+  steps_per_epoch: int
+
+
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  lr = optax.exponential_decay(config.learning_rate, transition_steps=steps_per_epoch,
-                               decay_rate=config.lr_decay, staircase=True)
+  """Adam with the learning rate decayed by ``lr_decay`` at each epoch's end."""
+  return _adam(OptimizerSettings(float(config.learning_rate), float(config.lr_decay),
+                                 int(steps_per_epoch)))
+
+
+def _adam(s: OptimizerSettings) -> optax.GradientTransformation:
+  lr = optax.exponential_decay(s.learning_rate, transition_steps=s.steps_per_epoch,
+                               decay_rate=s.lr_decay, staircase=True)
   return optax.adam(lr)
 
 
@@ -218,37 +238,50 @@ def loss_weights(config) -> dict:
   return {k: float(v) for k, v in config.loss.items()}
 
 
-def make_train_step(learner: lgd.Learner, problem_static, tx, config) -> Callable:
-  """The jitted train step ``(state, problem, source, key) -> (state, metrics)``.
+class StepSettings(NamedTuple):
+  """The static part of a train step (hashable: one compiled program per distinct value)."""
 
-  Sampling, augmentation, the N-step unrolled fit, the loss, its gradient and the Adam update all
-  happen in one compiled program; the state's buffers are donated.
-  """
-  weights = loss_weights(config)
-  batch_size, num_steps, aug = int(config.batch_size), int(config.num_steps), config.augment
-  aug = ml_collections.FrozenConfigDict(aug)
+  batch_size: int
+  num_steps: int
+  augment: ml_collections.FrozenConfigDict
+  loss_weights: tuple
+  optimizer: OptimizerSettings
 
-  def step_fn(state: TrainState, problem: Problem, source: PoseSource, key):
-    k_batch, k_drop = jax.random.split(key)
-    batch = make_batch(problem, source, k_batch, batch_size, aug)
 
-    def loss_fn(params):
-      variables = {"params": params, "batch_stats": state.batch_stats}
-      traj, stats = lgd.fit(learner, variables, problem, batch.kp2d, batch.conf, num_steps,
-                            train=True, rng=k_drop)
-      loss, parts = training_loss(problem, traj, batch, weights)
-      return loss, (stats, parts, traj)
+@functools.partial(jax.jit, static_argnames=("learner", "settings"), donate_argnums=(0,))
+def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
+               learner: lgd.Learner, settings: StepSettings):
+  """One training step: sampling, augmentation, the N-step unrolled fit, the loss, its gradient
+  and the Adam update, all in one compiled program; the state's buffers are donated."""
+  k_batch, k_drop = jax.random.split(key)
+  batch = make_batch(problem, source, k_batch, settings.batch_size, settings.augment)
+  weights = dict(settings.loss_weights)
 
-    (loss, (stats, parts, traj)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    out = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
-           "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
-           "reproj_first": jnp.mean(traj.loss[0]), "reproj_last": jnp.mean(traj.loss[-1])}
-    return TrainState(state.step + 1, params, stats, opt_state), out
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    traj, stats = lgd.fit(learner, variables, problem, batch.kp2d, batch.conf,
+                          settings.num_steps, train=True, rng=k_drop)
+    loss, parts = training_loss(problem, traj, batch, weights)
+    return loss, (stats, parts, traj)
 
-  del problem_static
-  return jax.jit(step_fn, donate_argnums=(0,))
+  (loss, (stats, parts, traj)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = _adam(settings.optimizer).update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  out = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
+         "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+         "reproj_first": jnp.mean(traj.loss[0]), "reproj_last": jnp.mean(traj.loss[-1])}
+  return TrainState(state.step + 1, params, stats, opt_state), out
+
+
+def make_train_step(learner: lgd.Learner, config, steps_per_epoch: int) -> Callable:
+  """``(state, problem, source, key) -> (state, metrics)``: :func:`train_step` for a config."""
+  settings = StepSettings(
+      int(config.batch_size), int(config.num_steps),
+      ml_collections.FrozenConfigDict(config.augment),
+      tuple(sorted(loss_weights(config).items())),
+      OptimizerSettings(float(config.learning_rate), float(config.lr_decay),
+                        int(steps_per_epoch)))
+  return functools.partial(train_step, learner=learner, settings=settings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,15 +311,17 @@ def eval_lgd(learner, variables, problem, batch: Batch, num_steps: int):
   return trajectory_metrics(problem, traj, batch.theta)
 
 
+_make_batch_jit = jax.jit(make_batch, static_argnames=("n", "aug"))
+
+
 def validation_batches(config, problem: Problem, source: PoseSource, num: int, seed: int,
                        batch_size: int):
   """Fixed held-out batches (same augmentation as training, its own random stream)."""
   aug = ml_collections.FrozenConfigDict(config.augment)
-  make = jax.jit(make_batch, static_argnames=("n", "aug"))
   out, done, i = [], 0, 0
   while done < num:
     n = min(batch_size, num - done)
-    out.append(make(problem, source, jax.random.fold_in(jax.random.PRNGKey(seed), i), n=n,
+    out.append(_make_batch_jit(problem, source, jax.random.fold_in(jax.random.PRNGKey(seed), i), n=n,
                     aug=aug))
     done, i = done + n, i + 1
   return out
@@ -304,9 +339,6 @@ def mean_over_batches(results: list[dict], sizes: list[int]) -> dict:
 
 def load_pose_data(config) -> tuple[PoseSource, PoseSource, int]:
   """(train source, validation source, steps per epoch) of the config's data."""
-  if config.requires_data and not config.amass_dir:
-    raise ConfigError("amass_dir: this config trains on AMASS; pass --config.amass_dir=DIR "
-                      "(a directory of AMASS .npz sequences) or use configs/demo.py")
   if not config.amass_dir:
     return PoseSource(), PoseSource(), int(config.steps_per_epoch)
   from lgd_jax.data import amass
@@ -405,7 +437,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start = int(state.step)
 
   writer = MetricWriter(workdir, start)
-  train_step = make_train_step(learner, problem, tx, config)
+  step_fn = make_train_step(learner, config, steps_per_epoch)
+  compiled_before = train_step._cache_size()
   val_batches = validation_batches(config, problem, val_src, int(config.val_samples),
                                    int(config.val_seed), int(config.batch_size))
   base_key = jax.random.PRNGKey(int(config.seed))
@@ -417,30 +450,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   t_last, n_last = time.perf_counter(), start
   try:
     for step in range(start, total_steps):
-      state, out = train_step(state, problem, train_src, jax.random.fold_in(base_key, step))
+      state, out = step_fn(state, problem, train_src, jax.random.fold_in(base_key, step))
       done = step + 1
-      if done % int(config.log_every) == 0 or done == total_steps:
-        out = jax.device_get(out)
-        if not all(math.isfinite(float(v)) for v in out.values()):
-          raise FloatingPointError(f"non-finite training metrics at step {done}: "
-                                   f"{ {k: float(v) for k, v in out.items()} }")
-        now = time.perf_counter()
-        rate = (done - n_last) * int(config.batch_size) / max(now - t_last, 1e-9)
-        t_last, n_last = now, done
-        writer.write(done, {**out, "samples_per_s": rate,
-                            "learning_rate": float(tx_lr(config, steps_per_epoch, done))})
-        bar.set_postfix(loss=f"{float(out['loss']):.4f}", samples_s=f"{rate:.0f}")
       bar.update(1)
       epoch_end = done % steps_per_epoch == 0
-      if epoch_end:
-        val = jax.device_get(validate(learner, state, problem, val_batches,
-                                      int(config.num_steps)))
-        writer.write(done, {**val, "epoch": done // steps_per_epoch})
-        bar.write(f"epoch {done // steps_per_epoch}/{config.num_epochs}: validation PA-MPJPE "
-                  f"{float(val['val_pa_mpjpe_mm']):.1f} mm (start "
-                  f"{float(val['val_pa_mpjpe_mm_start']):.1f} mm), MPJPE "
-                  f"{float(val['val_mpjpe_mm']):.1f} mm", file=sys.stderr)
-      if epoch_end or done % int(config.checkpoint_every) == 0 or done == total_steps:
+      last = done == total_steps
+      if epoch_end or last or done % int(config.log_every) == 0:
+        record = {k: float(v) for k, v in jax.device_get(out).items()}
+        if not all(math.isfinite(v) for v in record.values()):
+          raise FloatingPointError(f"non-finite training metrics at step {done}: {record}")
+        now = time.perf_counter()
+        record["samples_per_s"] = (done - n_last) * int(config.batch_size) / max(now - t_last,
+                                                                                  1e-9)
+        record["learning_rate"] = tx_lr(config, steps_per_epoch, done)
+        t_last, n_last = now, done
+        bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
+        if epoch_end:
+          val = jax.device_get(validate(learner, state, problem, val_batches,
+                                        int(config.num_steps)))
+          record.update({k: float(v) for k, v in val.items()}, epoch=done // steps_per_epoch)
+          bar.write(f"epoch {done // steps_per_epoch}/{config.num_epochs}: validation PA-MPJPE "
+                    f"{record['val_pa_mpjpe_mm']:.1f} mm (start "
+                    f"{record['val_pa_mpjpe_mm_start']:.1f} mm), MPJPE "
+                    f"{record['val_mpjpe_mm']:.1f} mm", file=sys.stderr)
+        if last:
+          # 1 in a fresh process: the step never retraces (0 if this process compiled it before).
+          record["train_step_compilations"] = train_step._cache_size() - compiled_before
+        writer.write(done, record)
+      if epoch_end or last or done % int(config.checkpoint_every) == 0:
         checkpoints.save(mngr, done, state, config)
   finally:
     bar.close()

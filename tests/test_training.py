@@ -1,0 +1,168 @@
+"""Training end to end on a tiny config: the loss falls, the step compiles once, checkpoints
+restore exactly and resume, evaluation runs from a checkpoint alone, and the commands report
+mistakes in one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lgd_jax import body, checkpoints, evaluation, training
+from lgd_jax.config import base_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(model_path, **overrides):
+  c = base_config()
+  c.body_model = model_path
+  c.batch_size = 32
+  c.num_epochs = 2
+  c.steps_per_epoch = 15
+  c.num_steps = 2
+  c.checkpoint_every = 10
+  c.log_every = 1
+  c.val_samples = 32
+  c.learning_rate = 3e-3
+  c.model.hidden = 64
+  c.model.num_blocks = 2
+  c.model.unroll = 1
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("model") / "tiny.npz")
+  body.save_npz(path, body.tiny_model(num_verts=300))
+  return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, model_path):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = tiny_config(model_path)
+  state = training.train_and_evaluate(config, workdir, show_progress=False)
+  return config, workdir, state
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_tiny_run_lowers_the_loss_and_logs(trained):
+  config, workdir, state = trained
+  assert int(state.step) == 30
+  lines = _metrics(workdir)
+  assert [r["step"] for r in lines] == list(range(1, 31))
+  loss = np.array([r["loss"] for r in lines])
+  assert np.isfinite(loss).all()
+  assert loss[-5:].mean() < 0.96 * loss[:5].mean()
+  assert all("step" in r and "loss" in r for r in lines)
+  assert lines[-1]["train_step_compilations"] == 1  # compiled once, never retraced
+  val = [r for r in lines if "val_pa_mpjpe_mm" in r]
+  assert [r["step"] for r in val] == [15, 30]
+  # Learned steps improve on the starting point on held-out samples.
+  assert val[-1]["val_pa_mpjpe_mm"] < 0.9 * val[-1]["val_pa_mpjpe_mm_start"]
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                if s.isdigit())[-1] == 30
+
+
+def test_restored_checkpoint_gives_identical_predictions(trained):
+  config, workdir, state = trained
+  r = evaluation.restore(workdir)
+  assert r.step == 30
+  assert r.config.to_json() == config.to_json()
+  # The validation batches' shape and N reuse the programs the training run compiled.
+  batch = training.validation_batches(config, r.problem, training.PoseSource(), 32, 5, 32)[0]
+  live = {"params": state.params, "batch_stats": state.batch_stats}
+  a = training.eval_lgd(r.learner, live, r.problem, batch, 2)
+  b = training.eval_lgd(r.learner, r.variables, r.problem, batch, 2)
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+  # One checkpoint's directory works as well as the workdir.
+  r15 = evaluation.restore(os.path.join(workdir, "checkpoints", "20"))
+  assert r15.step == 20
+
+
+def test_train_step_compiles_once(model_path, trained):
+  config = tiny_config(model_path)
+  model = body.load_model(model_path)
+  problem = training.make_problem(config, model)
+  learner = training.make_learner(config, problem)
+  tx = training.make_optimizer(config, config.steps_per_epoch)
+  state = training.init_state(learner, problem, tx, 0)
+  step = training.make_train_step(learner, config, config.steps_per_epoch)
+  before = training.train_step._cache_size()
+  for i in range(3):
+    state, _ = step(state, problem, training.PoseSource(), jax.random.PRNGKey(i))
+  # The same config reuses the program the training run compiled; new keys never retrace.
+  assert training.train_step._cache_size() == before
+  assert int(state.step) == 3
+
+
+def test_resume_continues_to_the_same_parameters(tmp_path, model_path, trained):
+  _, _, uninterrupted = trained
+  workdir = str(tmp_path / "run")
+  first = training.train_and_evaluate(tiny_config(model_path, num_epochs=1), workdir,
+                                      show_progress=False)
+  assert int(first.step) == 15
+  resumed = training.train_and_evaluate(tiny_config(model_path), workdir, show_progress=False)
+  assert int(resumed.step) == 30
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               resumed.params, uninterrupted.params)
+  steps = [r["step"] for r in _metrics(workdir)]
+  assert steps == list(range(1, 31))  # no step logged twice
+
+
+def test_resume_refuses_another_configs_state(tmp_path, model_path, trained):
+  _, workdir, _ = trained
+  with pytest.raises(checkpoints.CheckpointError, match="model.hidden"):
+    c = tiny_config(model_path)
+    c.model.hidden = 128
+    training.train_and_evaluate(c, workdir, show_progress=False)
+
+
+def test_evaluate_from_checkpoint(trained, tmp_path):
+  _, workdir, _ = trained
+  # Steps = N and batches the size of training's validation batches reuse compiled programs.
+  results = evaluation.evaluate(workdir, num_steps=2, num_samples=32, batch_size=32,
+                                log=lambda m: None)
+  assert results["dataset"] == "synthetic" and results["num_samples"] == 32
+  assert set(results["methods"]) == {"lgd", "gd", "adam"}
+  for vals in results["methods"].values():
+    assert set(vals) == set(evaluation.METRICS)
+    assert all(len(v) == 3 and np.isfinite(v).all() for v in vals.values())
+  starts = {m: v["mpjpe_mm"][0] for m, v in results["methods"].items()}
+  assert starts["gd"] == starts["adam"]  # both start from the zero pose
+  out = str(tmp_path / "eval" / "results.json")
+  written = evaluation.write_results(results, out)
+  with open(out) as f:
+    assert json.load(f)["methods"]["lgd"]["pa_mpjpe_mm"] == results["methods"]["lgd"][
+        "pa_mpjpe_mm"]
+  assert os.path.getsize(written[1]) > 10_000
+  assert "lgd" in evaluation.table(results)
+
+
+def _run(*args, cwd=REPO):
+  return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_commands_report_mistakes_in_one_line(tmp_path):
+  res = _run("train.py", "--config", "configs/paper.py", "--workdir", str(tmp_path / "w"))
+  assert res.returncode == 2
+  err = res.stderr.strip().splitlines()
+  assert len(err) == 1 and "amass_dir" in err[0] and "Traceback" not in res.stderr
+  res = _run("evaluate.py", "--ckpt", str(tmp_path / "missing"))
+  assert res.returncode == 2
+  assert res.stderr.strip().splitlines() == [
+      f"error: {tmp_path / 'missing'}: no such checkpoint directory (expected a training "
+      f"workdir or one of its checkpoints/<step> directories)"]
