@@ -19,5 +19,4 @@ def get_config():
   c.model.variant = "official"
   c.model.init = "learned"
   c.model.output_scale = 0.1
-  c.model.unroll = 3
   return c

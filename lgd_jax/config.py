@@ -65,7 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.features = ""  # comma-separated; empty = the variant's inputs
   c.model.stop_gradient = True
   c.model.grad_scale = 1.0
-  c.model.unroll = 10
+  # lax.scan unroll of the N steps. Measured on the 2-core CPU (demo config, batch 256, N = 10):
+  # unroll 1 ran a train step in 0.23 s and compiled in 24 s, full unroll 0.40 s and 56 s.
+  c.model.unroll = 1
   c.model.dtype = "float32"
 
   c.loss = ml_collections.ConfigDict()
