@@ -29,11 +29,14 @@ def main(argv=None) -> int:
   def run():
     if args.num_samples < 1 or args.batch_size < 1:
       raise evaluation.training.ConfigError("--num-samples and --batch-size must be positive")
-    results = evaluation.evaluate(args.ckpt, args.steps, args.data, args.num_samples,
-                                  args.batch_size, log=lambda m: print(m, file=sys.stderr))
-    print(evaluation.table(results))
     out = args.out or os.path.join(args.ckpt, "results.json")
-    for path in evaluation.write_results(results, out):
+    fits = os.path.splitext(out)[0] + "_fits.png"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    results = evaluation.evaluate(args.ckpt, args.steps, args.data, args.num_samples,
+                                  args.batch_size, log=lambda m: print(m, file=sys.stderr),
+                                  fits_png=fits)
+    print(evaluation.table(results))
+    for path in evaluation.write_results(results, out) + [fits]:
       print(f"wrote {path}", file=sys.stderr)
     return 0
 

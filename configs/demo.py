@@ -12,9 +12,9 @@ def get_config():
   c = base_config()
   c.batch_size = 256
   c.num_epochs = 4
-  c.steps_per_epoch = 150
+  c.steps_per_epoch = 250
   c.num_steps = 10
-  c.checkpoint_every = 150
+  c.checkpoint_every = 250
   c.val_samples = 1024
   c.model.hidden = 512
   return c

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -19,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from lgd_jax import checkpoints, lgd, objective, training
 from lgd_jax.objective import Problem
@@ -29,6 +27,8 @@ METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pck150", "auc", "reproj")
 GD_STEP_SIZES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 ADAM_LEARNING_RATES = (0.003, 0.01, 0.03, 0.1, 0.3)
 TUNING_SEED_OFFSET = 7919  # the tuning batch's stream, apart from the held-out samples
+NUM_FIGURE_SAMPLES = 3  # held-out samples drawn by plot_fits
+METHOD_LABELS = {"lgd": "learned (ours)", "gd": "gradient descent", "adam": "Adam"}
 
 
 @dataclass
@@ -87,17 +87,17 @@ def held_out_source(config, data: str | None) -> tuple[str, training.PoseSource]
 
 @functools.partial(jax.jit, static_argnames=("method", "num_steps"))
 def eval_baseline(problem: Problem, method: str, step_size, batch: training.Batch, num_steps: int):
-  """Per-step metrics of gradient descent or Adam from the zero start."""
+  """Per-step metrics of gradient descent or Adam from the zero start, and the parameters."""
   tx = lgd.gradient_descent(step_size) if method == "gd" else lgd.adam(step_size)
   theta0 = jnp.zeros_like(batch.theta)
   traj = lgd.run_optimizer(problem, tx, theta0, batch.kp2d, batch.conf, num_steps)
-  return training.trajectory_metrics(problem, traj, batch.theta)
+  return training.trajectory_metrics(problem, traj, batch.theta), traj.theta
 
 
 def tune(problem: Problem, method: str, candidates, batch: training.Batch, window: int):
   """The candidate step size with the lowest mean PA-MPJPE after ``window`` steps (an oracle
   choice that favours the baseline), and the scores."""
-  scores = {float(c): float(eval_baseline(problem, method, c, batch, window)["pa_mpjpe_mm"][-1])
+  scores = {float(c): float(eval_baseline(problem, method, c, batch, window)[0]["pa_mpjpe_mm"][-1])
             for c in candidates}
   finite = {c: s for c, s in scores.items() if np.isfinite(s)}
   best = min(finite, key=finite.get) if finite else float(candidates[0])
@@ -105,10 +105,12 @@ def tune(problem: Problem, method: str, candidates, batch: training.Batch, windo
 
 
 def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
-             num_samples: int = 1024, batch_size: int = 512, log=print) -> dict:
+             num_samples: int = 1024, batch_size: int = 512, log=print,
+             fits_png: str | None = None) -> dict:
   """Evaluates LGD, tuned GD and tuned Adam for ``num_steps`` (default max(20, 2N)) steps.
 
   Returns the ``results.json`` dictionary: per method, each metric as a list over steps 0..M.
+  ``fits_png``: also draw a few held-out samples' fitted bodies after N steps there.
   """
   r = restore(ckpt)
   window = int(r.config.num_steps)
@@ -125,19 +127,23 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
   log(f"evaluating {r.path} on {sum(sizes)} held-out {name} samples, {num_steps} steps "
       f"(training window N = {window})")
 
-  methods, settings, timing = {}, {}, {}
+  methods, settings, timing, fits = {}, {}, {}, {}
   t0 = time.perf_counter()
   res = [training.eval_lgd(r.learner, r.variables, r.problem, b, num_steps) for b in batches]
-  methods["lgd"] = training.mean_over_batches(jax.device_get(res), sizes)
+  methods["lgd"] = training.mean_over_batches(jax.device_get([m for m, _ in res]), sizes)
+  fits["lgd"] = res[0][1][min(window, num_steps), :NUM_FIGURE_SAMPLES]
   timing["lgd"] = time.perf_counter() - t0
   for method, grid in (("gd", GD_STEP_SIZES), ("adam", ADAM_LEARNING_RATES)):
     t0 = time.perf_counter()
     best, scores = tune(r.problem, method, grid, tuning, window)
     settings[method] = {"step_size": best, "tuning_pa_mpjpe_mm": scores}
     res = [eval_baseline(r.problem, method, best, b, num_steps) for b in batches]
-    methods[method] = training.mean_over_batches(jax.device_get(res), sizes)
+    methods[method] = training.mean_over_batches(jax.device_get([m for m, _ in res]), sizes)
+    fits[method] = res[0][1][min(window, num_steps), :NUM_FIGURE_SAMPLES]
     timing[method] = time.perf_counter() - t0
     log(f"  {method}: step size {best:g} (tuned on PA-MPJPE at step {window})")
+  if fits_png:
+    plot_fits(r.problem, batches[0], fits, min(window, num_steps), fits_png)
   return {
       "dataset": name,
       "num_samples": int(sum(sizes)),
@@ -175,10 +181,9 @@ def plot(results: dict, path: str) -> None:
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
   panels = (("mpjpe_mm", "MPJPE (mm)"), ("pa_mpjpe_mm", "PA-MPJPE (mm)"),
             ("reproj", "2D re-projection error"))
-  labels = {"lgd": "learned (ours)", "gd": "gradient descent", "adam": "Adam"}
   for ax, (key, label) in zip(axes, panels):
     for method, vals in results["methods"].items():
-      ax.plot(np.arange(len(vals[key])), vals[key], label=labels.get(method, method))
+      ax.plot(np.arange(len(vals[key])), vals[key], label=METHOD_LABELS.get(method, method))
     ax.axvspan(0, results["training_window"], color="C0", alpha=0.08, lw=0)
     ax.set(xlabel="iteration", ylabel=label)
     if key == "reproj":
@@ -188,6 +193,49 @@ def plot(results: dict, path: str) -> None:
                f"(shaded: training window N = {results['training_window']})")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_fits(problem: Problem, batch: training.Batch, fits: dict, step: int, path: str) -> None:
+  """Draws the first held-out samples: the 2D input, the true body and each method's fit after
+  ``step`` iterations, seen from the camera and from the side.
+
+  Args:
+    problem: the fitting problem (its body model is drawn).
+    batch: the held-out batch; its first samples are drawn.
+    fits: {method: (n, P) parameters}.
+    step: the iteration the fits are from (for the title).
+    path: the PNG to write.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from lgd_jax import body, render
+
+  n = min(len(v) for v in fits.values())
+  columns = [("ground truth", batch.theta[:n])] + [(METHOD_LABELS.get(m, m), t) for m, t in
+                                                   fits.items()]
+  faces = np.asarray(problem.model.faces)
+  fig, axes = plt.subplots(n, 1 + len(columns), figsize=(2.3 * (1 + len(columns)), 2.9 * n),
+                           squeeze=False)
+  for i in range(n):
+    ax = axes[i, 0]
+    kp, conf = np.asarray(batch.kp2d[i]), np.asarray(batch.conf[i]) > 0
+    ax.scatter(kp[conf, 0], -kp[conf, 1], s=10, color="k")
+    ax.set(title="2D input" if i == 0 else "", aspect="equal", xticks=[], yticks=[])
+    for j, (label, theta) in enumerate(columns):
+      p = objective.split(problem, jnp.asarray(theta[i]))
+      verts = np.asarray(body.forward(problem.model, p.pose, p.betas).vertices)
+      ax = axes[i, j + 1]
+      color = render.SKIN if j == 0 else (0.55, 0.68, 0.9)
+      render.draw_mesh(ax, verts, faces, "front", color=color)
+      render.draw_mesh(ax, verts, faces, "left", color=color, offset=(1.1, 0.0))
+      if i == 0:
+        ax.set_title(label, fontsize=9)
+  fig.suptitle(f"held-out samples after {step} iterations (each: camera view, side view)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
   plt.close(fig)
 
 

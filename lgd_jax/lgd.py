@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lgd_jax import networks, objective
+from lgd_jax import objective
 from lgd_jax.body.model import NUM_POSE
 from lgd_jax.objective import Problem
 

@@ -7,7 +7,6 @@ jitted step, Orbax checkpoints that resume, metrics to JSON lines and TensorBoar
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -307,8 +306,9 @@ def trajectory_metrics(problem: Problem, traj: lgd.Trajectory, gt_theta: jnp.nda
 
 @functools.partial(jax.jit, static_argnames=("learner", "num_steps"))
 def eval_lgd(learner, variables, problem, batch: Batch, num_steps: int):
+  """Per-step metrics of the learned fit (inference mode) and its parameters (M+1, B, P)."""
   traj, _ = lgd.fit(learner, variables, problem, batch.kp2d, batch.conf, num_steps, train=False)
-  return trajectory_metrics(problem, traj, batch.theta)
+  return trajectory_metrics(problem, traj, batch.theta), traj.theta
 
 
 _make_batch_jit = jax.jit(make_batch, static_argnames=("n", "aug"))
@@ -404,7 +404,7 @@ def _log(msg: str) -> None:
 
 def validate(learner, state: TrainState, problem: Problem, batches: list, num_steps: int) -> dict:
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  results = [eval_lgd(learner, variables, problem, b, num_steps) for b in batches]
+  results = [eval_lgd(learner, variables, problem, b, num_steps)[0] for b in batches]
   mean = mean_over_batches(results, [b.theta.shape[0] for b in batches])
   return {"val_pa_mpjpe_mm": mean["pa_mpjpe_mm"][-1], "val_mpjpe_mm": mean["mpjpe_mm"][-1],
           "val_pa_mpjpe_mm_start": mean["pa_mpjpe_mm"][0], "val_reproj": mean["reproj"][-1]}

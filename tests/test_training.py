@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from lgd_jax import body, checkpoints, evaluation, training
+from lgd_jax import checkpoints, evaluation, training
 from lgd_jax.config import base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,8 +81,9 @@ def test_restored_checkpoint_gives_identical_predictions(trained):
   # The validation batches' shape and N reuse the programs the training run compiled.
   batch = training.validation_batches(config, r.problem, training.PoseSource(), 32, 5, 32)[0]
   live = {"params": state.params, "batch_stats": state.batch_stats}
-  a = training.eval_lgd(r.learner, live, r.problem, batch, 2)
-  b = training.eval_lgd(r.learner, r.variables, r.problem, batch, 2)
+  a, theta_a = training.eval_lgd(r.learner, live, r.problem, batch, 2)
+  b, theta_b = training.eval_lgd(r.learner, r.variables, r.problem, batch, 2)
+  np.testing.assert_array_equal(np.asarray(theta_a), np.asarray(theta_b))
   for k in a:
     np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
   # One checkpoint's directory works as well as the workdir.
@@ -131,8 +132,10 @@ def test_resume_refuses_another_configs_state(tmp_path, model_path, trained):
 def test_evaluate_from_checkpoint(trained, tmp_path):
   _, workdir, _ = trained
   # Steps = N and batches the size of training's validation batches reuse compiled programs.
+  fits = str(tmp_path / "fits.png")
   results = evaluation.evaluate(workdir, num_steps=2, num_samples=32, batch_size=32,
-                                log=lambda m: None)
+                                log=lambda m: None, fits_png=fits)
+  assert os.path.getsize(fits) > 20_000
   assert results["dataset"] == "synthetic" and results["num_samples"] == 32
   assert set(results["methods"]) == {"lgd", "gd", "adam"}
   for vals in results["methods"].values():
