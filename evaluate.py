@@ -31,7 +31,6 @@ def main(argv=None) -> int:
       raise evaluation.training.ConfigError("--num-samples and --batch-size must be positive")
     out = args.out or os.path.join(args.ckpt, "results.json")
     fits = os.path.splitext(out)[0] + "_fits.png"
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     results = evaluation.evaluate(args.ckpt, args.steps, args.data, args.num_samples,
                                   args.batch_size, log=lambda m: print(m, file=sys.stderr),
                                   fits_png=fits)

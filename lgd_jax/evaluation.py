@@ -235,6 +235,7 @@ def plot_fits(problem: Problem, batch: training.Batch, fits: dict, step: int, pa
         ax.set_title(label, fontsize=9)
   fig.suptitle(f"held-out samples after {step} iterations (each: camera view, side view)")
   fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=90)
   plt.close(fig)
 

@@ -167,6 +167,7 @@ def test_commands_report_mistakes_in_one_line(tmp_path):
   assert res.stderr.strip().splitlines() == [
       f"error: {tmp_path / 'missing'}: no such checkpoint directory (expected a training "
       f"workdir or one of its checkpoints/<step> directories)"]
+  assert not (tmp_path / "missing").exists()  # nothing created for a bad input
 
 
 def test_amass_directory_feeds_training_and_evaluation(tmp_path):
