@@ -5,7 +5,7 @@ Fields (all overridable on the command line, ``--config.key=value``):
 * ``body_model``: an SMPL-layout model file (.pkl or .npz); empty = the free built-in model.
 * ``num_betas``: shape components used.
 * ``amass_dir``: a directory of AMASS ``.npz`` sequences; empty = the synthetic pose source.
-  ``amass_fps`` (frame subsampling), ``amass_cache`` (preprocessed file; empty = next to the data
+  ``amass_fps`` (frame subsampling; 0 = every frame), ``amass_cache`` (preprocessed file; empty = next to the data
   or in ~/.cache), ``val_fraction`` (sequences held out, by a stable hash of their path).
 * ``keypoints``: keypoint set of the objective; ``objective_loss``: "l1" or "l2";
   ``fit_translation``: add the camera translation (3) to Θ.

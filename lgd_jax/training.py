@@ -342,8 +342,9 @@ def load_pose_data(config) -> tuple[PoseSource, PoseSource, int]:
   if not config.amass_dir:
     return PoseSource(), PoseSource(), int(config.steps_per_epoch)
   from lgd_jax.data import amass
+  fps = float(config.amass_fps) if config.amass_fps and config.amass_fps > 0 else None
   data = amass.load_or_preprocess(config.amass_dir, cache_path=config.amass_cache or None,
-                                  fps=config.amass_fps, val_fraction=config.val_fraction)
+                                  fps=fps, val_fraction=config.val_fraction)
   train = PoseSource(jnp.asarray(data["train_poses"]), jnp.asarray(data["train_betas"]))
   val = PoseSource(jnp.asarray(data["val_poses"]), jnp.asarray(data["val_betas"]))
   if val.size == 0:

@@ -190,6 +190,9 @@ def test_amass_directory_feeds_training_and_evaluation(tmp_path):
   pose, betas = jax.jit(train.sample, static_argnums=(1, 2))(jax.random.PRNGKey(0), 8, 10)
   rows = np.asarray(train.poses)
   assert all(np.any(np.all(rows == p, axis=1)) for p in np.asarray(pose))
+  c.amass_fps, c.amass_cache = 0.0, str(tmp_path / "all.npz")  # configs/official.py: every frame
+  train, val, _ = training.load_pose_data(c)
+  assert train.size + val.size == 12 * 30
   # evaluate.py's --data spec.
   assert evaluation.parse_data(f"amass:{tmp_path}") == ("amass", str(tmp_path))
   with pytest.raises(training.ConfigError, match="--data"):
