@@ -20,8 +20,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # Orbax reports every save at INFO
   from lgd_jax import cli, training
   if not FLAGS.workdir:
     print("error: --workdir: expected a directory for checkpoints and metrics", file=sys.stderr)

@@ -7,20 +7,11 @@ import traceback
 
 from lgd_jax.body.io import ModelFileError
 from lgd_jax.checkpoints import CheckpointError
+from lgd_jax.data.amass import AmassError
 from lgd_jax.training import ConfigError
 
 # Errors whose message is complete for a user: shown as one line, exit code 2.
-USER_ERRORS = (ConfigError, ModelFileError, CheckpointError, FileNotFoundError)
-
-
-def user_errors() -> tuple:
-  errors = USER_ERRORS
-  try:
-    from lgd_jax.data.amass import AmassError
-    errors = errors + (AmassError,)
-  except ImportError:
-    pass
-  return errors
+USER_ERRORS = (ConfigError, ModelFileError, CheckpointError, AmassError, FileNotFoundError)
 
 
 def quiet_logs() -> None:
@@ -37,7 +28,7 @@ def run(fn, debug: bool) -> int:
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
-  except user_errors() as e:
+  except USER_ERRORS as e:
     if debug:
       traceback.print_exc()
     msg = " ".join(str(e).split()) if not isinstance(e, FileNotFoundError) or not e.filename \

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from lgd_jax import checkpoints, lgd, objective, training
 from lgd_jax.objective import Problem
@@ -72,15 +73,13 @@ def parse_data(spec: str | None) -> tuple[str, str | None]:
 
 
 def held_out_source(config, data: str | None) -> tuple[str, training.PoseSource]:
+  """The held-out poses of ``--data``; without it, those of the checkpoint's own data."""
   name, path = parse_data(data)
-  if name == "synthetic":
-    if config.amass_dir and data is None:
-      cfg = ml_collections.ConfigDict(config.to_dict())
-      _, val, _ = training.load_pose_data(cfg)
-      return "amass-val", val
+  amass_dir = path if name == "amass" else (config.amass_dir if data is None else "")
+  if not amass_dir:
     return "synthetic", training.PoseSource()
   cfg = ml_collections.ConfigDict(config.to_dict())
-  cfg.amass_dir = path
+  cfg.amass_dir = amass_dir
   _, val, _ = training.load_pose_data(cfg)
   return "amass-val", val
 
@@ -88,17 +87,19 @@ def held_out_source(config, data: str | None) -> tuple[str, training.PoseSource]
 @functools.partial(jax.jit, static_argnames=("method", "num_steps"))
 def eval_baseline(problem: Problem, method: str, step_size, batch: training.Batch, num_steps: int):
   """Per-step metrics of gradient descent or Adam from the zero start, and the parameters."""
-  tx = lgd.gradient_descent(step_size) if method == "gd" else lgd.adam(step_size)
+  tx = optax.sgd(step_size) if method == "gd" else optax.adam(step_size)
   theta0 = jnp.zeros_like(batch.theta)
   traj = lgd.run_optimizer(problem, tx, theta0, batch.kp2d, batch.conf, num_steps)
   return training.trajectory_metrics(problem, traj, batch.theta), traj.theta
 
 
-def tune(problem: Problem, method: str, candidates, batch: training.Batch, window: int):
+def tune(problem: Problem, method: str, candidates, batch: training.Batch, window: int,
+         num_steps: int):
   """The candidate step size with the lowest mean PA-MPJPE after ``window`` steps (an oracle
-  choice that favours the baseline), and the scores."""
-  scores = {float(c): float(eval_baseline(problem, method, c, batch, window)[0]["pa_mpjpe_mm"][-1])
-            for c in candidates}
+  choice that favours the baseline), and the scores. The runs are ``num_steps`` long so that they
+  share the compiled program of the evaluation itself."""
+  scores = {float(c): float(eval_baseline(problem, method, c, batch, num_steps)[0][
+      "pa_mpjpe_mm"][window]) for c in candidates}
   finite = {c: s for c, s in scores.items() if np.isfinite(s)}
   best = min(finite, key=finite.get) if finite else float(candidates[0])
   return best, scores
@@ -122,8 +123,9 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
   batches = training.validation_batches(r.config, r.problem, source, num_samples, seed,
                                         batch_size)
   sizes = [b.theta.shape[0] for b in batches]
-  tuning = training.validation_batches(r.config, r.problem, source, min(256, num_samples),
-                                       seed + TUNING_SEED_OFFSET, 256)[0]
+  # A separate batch of the evaluation batches' shape, so tuning reuses their compiled programs.
+  tuning = training.validation_batches(r.config, r.problem, source, sizes[0],
+                                       seed + TUNING_SEED_OFFSET, sizes[0])[0]
   log(f"evaluating {r.path} on {sum(sizes)} held-out {name} samples, {num_steps} steps "
       f"(training window N = {window})")
 
@@ -135,7 +137,7 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
   timing["lgd"] = time.perf_counter() - t0
   for method, grid in (("gd", GD_STEP_SIZES), ("adam", ADAM_LEARNING_RATES)):
     t0 = time.perf_counter()
-    best, scores = tune(r.problem, method, grid, tuning, window)
+    best, scores = tune(r.problem, method, grid, tuning, min(window, num_steps), num_steps)
     settings[method] = {"step_size": best, "tuning_pa_mpjpe_mm": scores}
     res = [eval_baseline(r.problem, method, best, b, num_steps) for b in batches]
     methods[method] = training.mean_over_batches(jax.device_get([m for m, _ in res]), sizes)

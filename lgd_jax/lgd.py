@@ -115,9 +115,16 @@ def initial_guess(learner: Learner, variables, problem: Problem, kp2d, conf, tra
   return theta0, {**stats, "init": init_stats}
 
 
-def _record(problem, theta, kp2d, conf):
+def _evaluate(problem, theta, kp2d, conf):
+  """The gradient at Θ_n and the trajectory entry of step n (theta, loss, |grad|, kp3d, kp2d)."""
   loss, (kp3d, pred2d), grad = objective.value_and_grad(problem, theta, kp2d, conf)
-  return loss, kp3d, pred2d, grad
+  return grad, (theta, loss, jnp.linalg.norm(grad, axis=-1), kp3d, pred2d)
+
+
+def _trajectory(problem, hist, theta, kp2d, conf) -> Trajectory:
+  """The scanned steps 0..M-1 followed by the final state M."""
+  _, last = _evaluate(problem, theta, kp2d, conf)
+  return Trajectory(*jax.tree.map(lambda h, l: jnp.concatenate([h, l[None]], 0), hist, last))
 
 
 def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
@@ -147,20 +154,16 @@ def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: 
 
   def step(carry, i):
     theta, upd_stats = carry
-    loss, kp3d, pred2d, grad = _record(problem, theta, kp2d, conf)
+    grad, out = _evaluate(problem, theta, kp2d, conf)
     g = jax.lax.stop_gradient(grad) if learner.stop_gradient else grad
     feats = _features(learner, kp2d, conf, theta, g)
     delta, upd_stats = _apply(learner.update_net, params, upd_stats, feats, train,
                               jax.random.fold_in(r_steps, i))
-    out = (theta, loss, jnp.linalg.norm(grad, axis=-1), kp3d, pred2d)
     return (theta + learner.output_scale * delta, upd_stats), out
 
   (theta, upd_stats), hist = jax.lax.scan(step, (theta0, stats["update"]), jnp.arange(num_steps),
                                           unroll=max(1, min(learner.unroll, num_steps)))
-  loss, kp3d, pred2d, grad = _record(problem, theta, kp2d, conf)
-  last = (theta, loss, jnp.linalg.norm(grad, axis=-1), kp3d, pred2d)
-  traj = Trajectory(*jax.tree.map(lambda h, l: jnp.concatenate([h, l[None]], 0), hist, last))
-  return traj, {**stats, "update": upd_stats}
+  return _trajectory(problem, hist, theta, kp2d, conf), {**stats, "update": upd_stats}
 
 
 def run_optimizer(problem: Problem, tx: optax.GradientTransformation, theta0: jnp.ndarray,
@@ -176,22 +179,10 @@ def run_optimizer(problem: Problem, tx: optax.GradientTransformation, theta0: jn
 
   def step(carry, _):
     theta, state = carry
-    loss, kp3d, pred2d, grad = _record(problem, theta, kp2d, conf)
+    grad, out = _evaluate(problem, theta, kp2d, conf)
     updates, state = tx.update(grad, state, theta)
-    out = (theta, loss, jnp.linalg.norm(grad, axis=-1), kp3d, pred2d)
     return (optax.apply_updates(theta, updates), state), out
 
   (theta, _), hist = jax.lax.scan(step, (theta0, tx.init(theta0)), None, length=num_steps,
                                   unroll=max(1, min(unroll, num_steps)))
-  loss, kp3d, pred2d, grad = _record(problem, theta, kp2d, conf)
-  last = (theta, loss, jnp.linalg.norm(grad, axis=-1), kp3d, pred2d)
-  return Trajectory(*jax.tree.map(lambda h, l: jnp.concatenate([h, l[None]], 0), hist, last))
-
-
-def gradient_descent(step_size: float) -> optax.GradientTransformation:
-  """Θ_{n+1} = Θ_n − η ∂L/∂Θ_n."""
-  return optax.sgd(step_size)
-
-
-def adam(learning_rate: float) -> optax.GradientTransformation:
-  return optax.adam(learning_rate)
+  return _trajectory(problem, hist, theta, kp2d, conf)

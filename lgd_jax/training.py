@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from tensorboardX import SummaryWriter
 
 from lgd_jax import body, camera, lgd, metrics, networks, objective
 from lgd_jax.body.model import NUM_POSE
@@ -215,16 +216,24 @@ class OptimizerSettings(NamedTuple):
   steps_per_epoch: int
 
 
+def optimizer_settings(config, steps_per_epoch: int) -> OptimizerSettings:
+  return OptimizerSettings(float(config.learning_rate), float(config.lr_decay),
+                           int(steps_per_epoch))
+
+
+def learning_rate_schedule(s: OptimizerSettings) -> optax.Schedule:
+  """The learning rate, decayed by ``lr_decay`` at each epoch's end."""
+  return optax.exponential_decay(s.learning_rate, transition_steps=s.steps_per_epoch,
+                                 decay_rate=s.lr_decay, staircase=True)
+
+
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam with the learning rate decayed by ``lr_decay`` at each epoch's end."""
-  return _adam(OptimizerSettings(float(config.learning_rate), float(config.lr_decay),
-                                 int(steps_per_epoch)))
+  """Adam on :func:`learning_rate_schedule`."""
+  return _adam(optimizer_settings(config, steps_per_epoch))
 
 
 def _adam(s: OptimizerSettings) -> optax.GradientTransformation:
-  lr = optax.exponential_decay(s.learning_rate, transition_steps=s.steps_per_epoch,
-                               decay_rate=s.lr_decay, staircase=True)
-  return optax.adam(lr)
+  return optax.adam(learning_rate_schedule(s))
 
 
 def init_state(learner: lgd.Learner, problem: Problem, tx, seed: int) -> TrainState:
@@ -278,8 +287,7 @@ def make_train_step(learner: lgd.Learner, config, steps_per_epoch: int) -> Calla
       int(config.batch_size), int(config.num_steps),
       ml_collections.FrozenConfigDict(config.augment),
       tuple(sorted(loss_weights(config).items())),
-      OptimizerSettings(float(config.learning_rate), float(config.lr_decay),
-                        int(steps_per_epoch)))
+      optimizer_settings(config, steps_per_epoch))
   return functools.partial(train_step, learner=learner, settings=settings)
 
 
@@ -321,8 +329,8 @@ def validation_batches(config, problem: Problem, source: PoseSource, num: int, s
   out, done, i = [], 0, 0
   while done < num:
     n = min(batch_size, num - done)
-    out.append(_make_batch_jit(problem, source, jax.random.fold_in(jax.random.PRNGKey(seed), i), n=n,
-                    aug=aug))
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    out.append(_make_batch_jit(problem, source, key, n=n, aug=aug))
     done, i = done + n, i + 1
   return out
 
@@ -359,11 +367,7 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._drop_after(resume_step)
     self._file = open(self.path, "a")
-    try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    except ImportError:  # metrics.jsonl still has everything
-      self._tb = None
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def _drop_after(self, step: int) -> None:
     """After a resume, lines of steps the restored state has not reached are stale."""
@@ -388,15 +392,13 @@ class MetricWriter:
     record = {"step": int(step), **{k: float(v) for k, v in values.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
-    if self._tb is not None:
-      for k, v in values.items():
-        self._tb.add_scalar(k.replace("val_", "val/", 1) if k.startswith("val_") else f"train/{k}",
-                            float(v), int(step))
+    for k, v in values.items():
+      self._tb.add_scalar(k.replace("val_", "val/", 1) if k.startswith("val_") else f"train/{k}",
+                          float(v), int(step))
 
   def close(self) -> None:
     self._file.close()
-    if self._tb is not None:
-      self._tb.close()
+    self._tb.close()
 
 
 def _log(msg: str) -> None:
@@ -424,6 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   learner = make_learner(config, problem)
   train_src, val_src, steps_per_epoch = load_pose_data(config)
   total_steps = steps_per_epoch * int(config.num_epochs)
+  lr_schedule = learning_rate_schedule(optimizer_settings(config, steps_per_epoch))
   tx = make_optimizer(config, steps_per_epoch)
 
   os.makedirs(workdir, exist_ok=True)
@@ -463,7 +466,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         now = time.perf_counter()
         record["samples_per_s"] = (done - n_last) * int(config.batch_size) / max(now - t_last,
                                                                                   1e-9)
-        record["learning_rate"] = tx_lr(config, steps_per_epoch, done)
+        record["learning_rate"] = float(lr_schedule(done))
         t_last, n_last = now, done
         bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
         if epoch_end:
@@ -486,7 +489,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mngr.close()
   _log(f"done: {total_steps} steps; checkpoints in {mngr.directory}")
   return state
-
-
-def tx_lr(config, steps_per_epoch: int, step: int) -> float:
-  return float(config.learning_rate) * float(config.lr_decay) ** (step // steps_per_epoch)
