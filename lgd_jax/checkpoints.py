@@ -1,20 +1,30 @@
 """Orbax checkpoints that carry the config, so a checkpoint alone rebuilds the model.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,config}``. A training workdir means its latest
-checkpoint; one step's directory means that checkpoint.
+Layout: ``WORKDIR/checkpoints/<step>/{state,config,meta}``. A training workdir means its latest
+checkpoint; one step's directory means that checkpoint. ``meta`` holds a SHA-256 digest of the
+state's arrays, so that a truncated or corrupted checkpoint is detected when it is restored
+(:func:`restore_verified`), and training falls back to the previous good one
+(:func:`restore_latest_good`). Orbax writes each checkpoint into a temporary directory and renames
+it when complete, so a process killed mid-save leaves the previous checkpoints untouched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_SUBDIR = "checkpoints"
+# Unreadable checkpoints are moved here (never deleted), beside CHECKPOINT_SUBDIR.
+CORRUPT_SUBDIR = "checkpoints_corrupt"
 
 
 class CheckpointError(ValueError):
@@ -29,28 +39,107 @@ def manager(workdir: str | os.PathLike, max_to_keep: int = 3) -> ocp.CheckpointM
 def manager_at(directory: str | os.PathLike, max_to_keep: int = 3,
                create: bool = False) -> ocp.CheckpointManager:
   """The manager of a directory of ``<step>/`` checkpoints."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                         cleanup_tmp_directories=create)
   return ocp.CheckpointManager(Path(directory).resolve(), options=options,
-                               item_names=("state", "config"))
+                               item_names=("state", "config", "meta"))
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
+def digest(tree) -> str:
+  """SHA-256 over the arrays of ``tree`` (order, dtypes, shapes and bytes)."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    a = np.asarray(jax.device_get(leaf))
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, config) -> None:
-  """Saves the state and the config at ``step`` (waits until written)."""
+  """Saves the state, the config and the state's digest at ``step`` (waits until written)."""
+  meta = {"step": int(step), "sha256": digest(state), "time": time.time()}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          config=ocp.args.JsonSave(config_to_json(config))),
+                                          config=ocp.args.JsonSave(config_to_json(config)),
+                                          meta=ocp.args.JsonSave(meta)),
             force=True)
   mngr.wait_until_finished()
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, target):
-  """Restores the state at ``step`` into the structure, shapes and dtypes of ``target``."""
+  """Restores the state at ``step`` into the structure, shapes, dtypes and shardings of
+  ``target`` (unverified; see :func:`restore_verified`)."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   return restored["state"]
+
+
+def _short(e: Exception) -> str:
+  return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+
+
+def restore_verified(mngr: ocp.CheckpointManager, step: int, target):
+  """:func:`restore_state`, then checks the arrays against the digest saved with them.
+
+  Raises:
+    CheckpointError: the checkpoint is missing, truncated, unreadable or does not match its digest.
+  """
+  where = Path(mngr.directory) / str(step)
+  try:
+    state = restore_state(mngr, step, target)
+  except Exception as e:  # orbax/tensorstore raise many types for damaged files
+    raise CheckpointError(f"{where}: cannot restore the state ({_short(e)})") from None
+  meta = _read_meta(mngr, step)
+  if meta is not None and meta.get("sha256") != digest(state):
+    raise CheckpointError(f"{where}: the state does not match the digest saved with it "
+                          "(corrupted files)")
+  return state
+
+
+def _read_meta(mngr, step) -> dict | None:
+  if not (Path(mngr.directory) / str(step) / "meta").is_dir():
+    return None  # written before digests existed
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:
+    raise CheckpointError(f"{Path(mngr.directory) / str(step)}: unreadable meta ({_short(e)})") \
+        from None
+
+
+def restore_latest_good(mngr: ocp.CheckpointManager, target, config, log=print):
+  """The newest checkpoint that restores and matches its digest, as (step, state), or None.
+
+  Unreadable checkpoints are moved to ``CORRUPT_SUBDIR`` beside the checkpoints (not deleted) and
+  reported through ``log``. A readable checkpoint of another config raises
+  :class:`CheckpointError` (see :func:`check_compatible`).
+  """
+  directory = Path(mngr.directory)
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      saved = read_config(directory, step)
+    except CheckpointError as e:
+      _set_aside(mngr, step, str(e), log)
+      continue
+    check_compatible(saved, config, directory / str(step))
+    try:
+      return step, restore_verified(mngr, step, target)
+    except CheckpointError as e:
+      _set_aside(mngr, step, str(e), log)
+  return None
+
+
+def _set_aside(mngr, step: int, reason: str, log) -> None:
+  src = Path(mngr.directory) / str(step)
+  dst_dir = Path(mngr.directory).parent / CORRUPT_SUBDIR
+  dst_dir.mkdir(exist_ok=True)
+  dst = dst_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+  if jax.process_index() == 0:
+    shutil.move(str(src), str(dst))
+  mngr.reload()
+  log(f"warning: {reason}; moved it to {dst} and falling back to the previous checkpoint")
 
 
 def locate(path: str | os.PathLike) -> tuple[Path, int]:

@@ -8,10 +8,12 @@ import traceback
 from lgd_jax.body.io import ModelFileError
 from lgd_jax.checkpoints import CheckpointError
 from lgd_jax.data.amass import AmassError
-from lgd_jax.training import ConfigError
+from lgd_jax.parallel import ShardingError
+from lgd_jax.training import ConfigError, TrainingStopped
 
 # Errors whose message is complete for a user: shown as one line, exit code 2.
-USER_ERRORS = (ConfigError, ModelFileError, CheckpointError, AmassError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ModelFileError, CheckpointError, AmassError, ShardingError,
+               FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def quiet_logs() -> None:
@@ -28,10 +30,15 @@ def run(fn, debug: bool) -> int:
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
+  except TrainingStopped as e:
+    if debug:
+      traceback.print_exc()
+    print(f"stopped: {e}", file=sys.stderr)
+    return e.exit_code
   except USER_ERRORS as e:
     if debug:
       traceback.print_exc()
-    msg = " ".join(str(e).split()) if not isinstance(e, FileNotFoundError) or not e.filename \
+    msg = " ".join(str(e).split()) if not isinstance(e, OSError) or not e.filename \
         else f"{e.filename}: {e.strerror}"
     print(f"error: {msg}", file=sys.stderr)
     return 2

@@ -14,6 +14,10 @@ Fields (all overridable on the command line, ``--config.key=value``):
 * ``learning_rate``, ``lr_decay`` (factor per epoch; 1 = constant).
 * ``checkpoint_every`` (steps), ``keep_checkpoints``, ``log_every`` (steps), ``val_samples``,
   ``val_seed``.
+* ``num_devices``: devices the batch is split over (0 = every device of every process; the batch
+  size must divide by it). ``on_nonfinite``: what a NaN/Inf loss or gradient does — "stop"
+  (default: the update is not applied, training stops naming the step, the last good checkpoint
+  stays) or "skip" (the batch is skipped and counted in ``skipped_steps``).
 * ``model``: the update network (``variant`` "paper" or "official", widths, dropout, output scale,
   initial guess "zero" or "learned", input features, stopped gradient, scan unroll, dtype).
 * ``loss``: training-loss weights; ``augment``: root rotation ranges, keypoint drop probability,
@@ -52,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.val_samples = 2048
   c.val_seed = 1_000_003
+  c.num_devices = 0
+  c.on_nonfinite = "stop"
 
   c.model = ml_collections.ConfigDict()
   c.model.variant = "paper"

@@ -51,13 +51,7 @@ def restore(ckpt: str | os.PathLike) -> Restored:
   learner = training.make_learner(config, problem)
   tx = training.make_optimizer(config, 1)
   template = training.init_state(learner, problem, tx, int(config.seed))
-  mngr = checkpoints.manager_at(directory)
-  try:
-    state = checkpoints.restore_state(mngr, step, template)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    raise checkpoints.CheckpointError(
-        f"{directory / str(step)}: cannot restore the state ({' '.join(str(e).split())[:200]})"
-    ) from None
+  state = checkpoints.restore_verified(checkpoints.manager_at(directory), step, template)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   return Restored(config, problem, learner, variables, step, str(directory / str(step)))
 

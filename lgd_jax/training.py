@@ -11,7 +11,9 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -21,9 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from tensorboardX import SummaryWriter
 
-from lgd_jax import body, camera, lgd, metrics, networks, objective
+from lgd_jax import body, camera, lgd, metrics, networks, objective, parallel
 from lgd_jax.body.model import NUM_POSE
 from lgd_jax.objective import Problem
 from lgd_jax.rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle
@@ -102,6 +105,8 @@ def check_config(config) -> None:
     if missing:
       raise ConfigError(f"{', '.join(missing)}: this config trains on SMPL and AMASS; pass "
                         f"{' '.join(need[k] for k in missing)}, or use configs/demo.py")
+  if config.get("on_nonfinite", "stop") not in ("stop", "skip"):
+    raise ConfigError(f"on_nonfinite: expected 'stop' or 'skip', got {config.on_nonfinite!r}")
   if not config.amass_dir and int(config.steps_per_epoch) < 1:
     raise ConfigError(f"steps_per_epoch: expected a positive integer, got {config.steps_per_epoch!r}")
 
@@ -204,10 +209,21 @@ def training_loss(problem: Problem, traj: lgd.Trajectory, batch: Batch, weights)
 
 
 class TrainState(flax.struct.PyTreeNode):
+  """Everything a resumed run needs.
+
+  Attributes:
+    step: steps taken (applied or skipped).
+    params, batch_stats, opt_state: the networks and Adam's moments.
+    bad_step: the first step whose loss or gradients were not finite (-1: none yet).
+    num_skipped: steps whose update was not applied because of that.
+  """
+
   step: jnp.ndarray
   params: Any
   batch_stats: Any
   opt_state: Any
+  bad_step: jnp.ndarray
+  num_skipped: jnp.ndarray
 
 
 class OptimizerSettings(NamedTuple):
@@ -239,7 +255,8 @@ def _adam(s: OptimizerSettings) -> optax.GradientTransformation:
 def init_state(learner: lgd.Learner, problem: Problem, tx, seed: int) -> TrainState:
   variables = learner.init(jax.random.PRNGKey(seed), problem)
   return TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
-                    tx.init(variables["params"]))
+                    tx.init(variables["params"]), jnp.full((), -1, jnp.int32),
+                    jnp.zeros((), jnp.int32))
 
 
 def loss_weights(config) -> dict:
@@ -254,6 +271,8 @@ class StepSettings(NamedTuple):
   augment: ml_collections.FrozenConfigDict
   loss_weights: tuple
   optimizer: OptimizerSettings
+  mesh: Mesh | None = None  # split the batch over this mesh's devices
+  on_nonfinite: str = "stop"  # "stop": freeze after the first bad step; "skip": skip bad steps
 
 
 @functools.partial(jax.jit, static_argnames=("learner", "settings"), donate_argnums=(0,))
@@ -262,7 +281,8 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
   """One training step: sampling, augmentation, the N-step unrolled fit, the loss, its gradient
   and the Adam update, all in one compiled program; the state's buffers are donated."""
   k_batch, k_drop = jax.random.split(key)
-  batch = make_batch(problem, source, k_batch, settings.batch_size, settings.augment)
+  batch = parallel.constrain_batch(
+      make_batch(problem, source, k_batch, settings.batch_size, settings.augment), settings.mesh)
   weights = dict(settings.loss_weights)
 
   def loss_fn(params):
@@ -275,19 +295,35 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
   (loss, (stats, parts, traj)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = _adam(settings.optimizer).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # A non-finite loss or gradient never reaches the state; "stop" also freezes every later step
+  # until the host notices (at the next log or checkpoint) and stops.
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  apply = finite & (state.bad_step < 0) if settings.on_nonfinite == "stop" else finite
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)  # noqa: E731
+  step = state.step + 1
+  new_state = TrainState(
+      step, keep(params, state.params), keep(stats, state.batch_stats),
+      keep(opt_state, state.opt_state),
+      jnp.where(~finite & (state.bad_step < 0), step, state.bad_step),
+      state.num_skipped + (~apply).astype(jnp.int32))
   out = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
-         "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+         "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(new_state.params),
          "reproj_first": jnp.mean(traj.loss[0]), "reproj_last": jnp.mean(traj.loss[-1])}
-  return TrainState(state.step + 1, params, stats, opt_state), out
+  return new_state, out
 
 
-def make_train_step(learner: lgd.Learner, config, steps_per_epoch: int) -> Callable:
-  """``(state, problem, source, key) -> (state, metrics)``: :func:`train_step` for a config."""
+def make_train_step(learner: lgd.Learner, config, steps_per_epoch: int,
+                    mesh: Mesh | None = None) -> Callable:
+  """``(state, problem, source, key) -> (state, metrics)``: :func:`train_step` for a config,
+  with the batch split over ``mesh`` when given."""
   settings = StepSettings(
       int(config.batch_size), int(config.num_steps),
       ml_collections.FrozenConfigDict(config.augment),
       tuple(sorted(loss_weights(config).items())),
-      optimizer_settings(config, steps_per_epoch))
+      optimizer_settings(config, steps_per_epoch),
+      mesh if mesh is not None and mesh.devices.size > 1 else None,
+      str(config.get("on_nonfinite", "stop")))
   return functools.partial(train_step, learner=learner, settings=settings)
 
 
@@ -363,8 +399,11 @@ def load_pose_data(config) -> tuple[PoseSource, PoseSource, int]:
 class MetricWriter:
   """Appends metrics to ``metrics.jsonl`` and to TensorBoard event files."""
 
-  def __init__(self, workdir: str, resume_step: int):
+  def __init__(self, workdir: str, resume_step: int, enabled: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = enabled  # only one process of a multi-process run writes
+    if not enabled:
+      return
     self._drop_after(resume_step)
     self._file = open(self.path, "a")
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -389,16 +428,22 @@ class MetricWriter:
       os.replace(tmp, self.path)
 
   def write(self, step: int, values: dict) -> None:
-    record = {"step": int(step), **{k: float(v) for k, v in values.items()}}
+    """One JSON line (non-finite values as null) and the finite values to TensorBoard."""
+    if not self.enabled:
+      return
+    values = {k: float(v) for k, v in values.items()}
+    record = {"step": int(step), **{k: v if math.isfinite(v) else None for k, v in values.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     for k, v in values.items():
-      self._tb.add_scalar(k.replace("val_", "val/", 1) if k.startswith("val_") else f"train/{k}",
-                          float(v), int(step))
+      if math.isfinite(v):
+        self._tb.add_scalar(k.replace("val_", "val/", 1) if k.startswith("val_") else f"train/{k}",
+                            v, int(step))
 
   def close(self) -> None:
-    self._file.close()
-    self._tb.close()
+    if self.enabled:
+      self._file.close()
+      self._tb.close()
 
 
 def _log(msg: str) -> None:
@@ -413,14 +458,70 @@ def validate(learner, state: TrainState, problem: Problem, batches: list, num_st
           "val_pa_mpjpe_mm_start": mean["pa_mpjpe_mm"][0], "val_reproj": mean["reproj"][-1]}
 
 
+class TrainingStopped(RuntimeError):
+  """Training ended before its last step; the message is complete and names the step.
+
+  Attributes:
+    exit_code: the command's exit status (128 + signal number for a signal).
+  """
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+class _StopSignals:
+  """Turns SIGINT/SIGTERM into a request that the loop honours after the current step (saving a
+  checkpoint first). A second SIGINT interrupts at once."""
+
+  def __enter__(self):
+    self.signum = None
+    self._old = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+    return False
+
+
+def _check_faults(state: TrainState, config, done: int, last_saved: str | None) -> None:
+  """Stops training (``on_nonfinite`` = "stop") once a step had a non-finite loss or gradient."""
+  bad = int(jax.device_get(state.bad_step))
+  if bad < 0 or config.get("on_nonfinite", "stop") != "stop":
+    return
+  keep = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was saved"
+  raise TrainingStopped(
+      f"step {bad}: non-finite loss or gradients; the update was not applied and training "
+      f"stopped at step {done} ({keep}; --config.on_nonfinite=skip skips such batches instead)",
+      exit_code=3)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        show_progress: bool = True) -> TrainState:
-  """Trains (or resumes) in ``workdir``; returns the final state."""
+  """Trains (or resumes) in ``workdir``; returns the final state.
+
+  The batch is split over ``config.num_devices`` devices (0 = all). Rerunning the same command
+  continues from the newest good checkpoint — a corrupt one is moved aside and reported — with
+  the same data order and random streams as an uninterrupted run. SIGINT/SIGTERM save a
+  checkpoint and raise :class:`TrainingStopped`; so does a non-finite loss with
+  ``on_nonfinite`` = "stop" (without saving the bad state).
+  """
   from tqdm import tqdm
 
   from lgd_jax import checkpoints
 
   check_config(config)
+  mesh = parallel.make_mesh(int(config.get("num_devices", 0)))
+  parallel.check_batch(int(config.batch_size), mesh)
   model = load_body_model(config)
   problem = make_problem(config, model)
   learner = make_learner(config, problem)
@@ -428,64 +529,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = steps_per_epoch * int(config.num_epochs)
   lr_schedule = learning_rate_schedule(optimizer_settings(config, steps_per_epoch))
   tx = make_optimizer(config, steps_per_epoch)
+  primary = parallel.is_primary()
 
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoints.manager(workdir, int(config.keep_checkpoints))
-  state = init_state(learner, problem, tx, int(config.seed))
-  start = mngr.latest_step()
-  if start is not None:
-    saved = checkpoints.read_config(mngr.directory, start)
-    checkpoints.check_compatible(saved, config, mngr.directory / str(start))
-    state = checkpoints.restore_state(mngr, start, state)
-    _log(f"resumed from {mngr.directory / str(start)} (step {start} of {total_steps})")
+  problem, train_src = parallel.replicate((problem, train_src), mesh)
+  state = parallel.replicate(init_state(learner, problem, tx, int(config.seed)), mesh)
+  found = checkpoints.restore_latest_good(mngr, state, config, log=_log)
+  last_saved = None
+  if found is not None:
+    last_saved = str(mngr.directory / str(found[0]))
+    state = found[1]
+    _log(f"resumed from {last_saved} (step {found[0]} of {total_steps})")
   start = int(state.step)
 
-  writer = MetricWriter(workdir, start)
-  step_fn = make_train_step(learner, config, steps_per_epoch)
+  writer = MetricWriter(workdir, start, enabled=primary)
+  step_fn = make_train_step(learner, config, steps_per_epoch, mesh)
   compiled_before = train_step._cache_size()
-  val_batches = validation_batches(config, problem, val_src, int(config.val_samples),
-                                   int(config.val_seed), int(config.batch_size))
+  val_batches = [parallel.shard_batch(b, mesh) for b in validation_batches(
+      config, problem, val_src, int(config.val_samples), int(config.val_seed),
+      int(config.batch_size))]
   base_key = jax.random.PRNGKey(int(config.seed))
   _log(f"training {model.name} ({config.keypoints}, N = {config.num_steps}) on "
        f"{'AMASS ' + config.amass_dir if config.amass_dir else 'synthetic poses'}: "
-       f"{total_steps} steps of batch {config.batch_size} on {jax.devices()[0].platform}")
-  bar = tqdm(total=total_steps, initial=start, disable=not show_progress, unit="step",
-             dynamic_ncols=True, file=sys.stderr)
+       f"{total_steps} steps of batch {config.batch_size} on {mesh.devices.size} "
+       f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)")
+  bar = tqdm(total=total_steps, initial=start, disable=not (show_progress and primary),
+             unit="step", dynamic_ncols=True, file=sys.stderr)
   t_last, n_last = time.perf_counter(), start
+  skipped_before = int(state.num_skipped)
   try:
-    for step in range(start, total_steps):
-      state, out = step_fn(state, problem, train_src, jax.random.fold_in(base_key, step))
-      done = step + 1
-      bar.update(1)
-      epoch_end = done % steps_per_epoch == 0
-      last = done == total_steps
-      if epoch_end or last or done % int(config.log_every) == 0:
-        record = {k: float(v) for k, v in jax.device_get(out).items()}
-        if not all(math.isfinite(v) for v in record.values()):
-          raise FloatingPointError(f"non-finite training metrics at step {done}: {record}")
-        now = time.perf_counter()
-        record["samples_per_s"] = (done - n_last) * int(config.batch_size) / max(now - t_last,
-                                                                                  1e-9)
-        record["learning_rate"] = float(lr_schedule(done))
-        t_last, n_last = now, done
-        bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.0f}")
-        if epoch_end:
-          val = jax.device_get(validate(learner, state, problem, val_batches,
-                                        int(config.num_steps)))
-          record.update({k: float(v) for k, v in val.items()}, epoch=done // steps_per_epoch)
-          bar.write(f"epoch {done // steps_per_epoch}/{config.num_epochs}: validation PA-MPJPE "
-                    f"{record['val_pa_mpjpe_mm']:.1f} mm (start "
-                    f"{record['val_pa_mpjpe_mm_start']:.1f} mm), MPJPE "
-                    f"{record['val_mpjpe_mm']:.1f} mm", file=sys.stderr)
-        if last:
-          # 1 in a fresh process: the step never retraces (0 if this process compiled it before).
-          record["train_step_compilations"] = train_step._cache_size() - compiled_before
-        writer.write(done, record)
-      if epoch_end or last or done % int(config.checkpoint_every) == 0:
-        checkpoints.save(mngr, done, state, config)
+    with _StopSignals() as stop:
+      for step in range(start, total_steps):
+        state, out = step_fn(state, problem, train_src, jax.random.fold_in(base_key, step))
+        done = step + 1
+        bar.update(1)
+        epoch_end = done % steps_per_epoch == 0
+        last = done == total_steps
+        log_now = epoch_end or last or done % int(config.log_every) == 0
+        save_now = epoch_end or last or done % int(config.checkpoint_every) == 0
+        if log_now or save_now or stop.signum:
+          _check_faults(state, config, done, last_saved)
+        if log_now:
+          record = {k: float(v) for k, v in jax.device_get(out).items()}
+          now = time.perf_counter()
+          record["samples_per_s"] = (done - n_last) * int(config.batch_size) / max(
+              now - t_last, 1e-9)
+          record["learning_rate"] = float(lr_schedule(done))
+          record["skipped_steps"] = skipped = int(state.num_skipped)
+          if skipped > skipped_before:
+            bar.write(f"warning: {skipped} step(s) skipped so far for a non-finite loss or "
+                      f"gradients (first: step {int(state.bad_step)})", file=sys.stderr)
+            skipped_before = skipped
+          t_last, n_last = now, done
+          bar.set_postfix(loss=f"{record['loss']:.4f}",
+                          samples_s=f"{record['samples_per_s']:.0f}")
+          if epoch_end:
+            val = jax.device_get(validate(learner, state, problem, val_batches,
+                                          int(config.num_steps)))
+            record.update({k: float(v) for k, v in val.items()}, epoch=done // steps_per_epoch)
+            bar.write(f"epoch {done // steps_per_epoch}/{config.num_epochs}: validation "
+                      f"PA-MPJPE {record['val_pa_mpjpe_mm']:.1f} mm (start "
+                      f"{record['val_pa_mpjpe_mm_start']:.1f} mm), MPJPE "
+                      f"{record['val_mpjpe_mm']:.1f} mm", file=sys.stderr)
+          if last:
+            # 1 in a fresh process: the step never retraces (0 if this process compiled it).
+            record["train_step_compilations"] = train_step._cache_size() - compiled_before
+          writer.write(done, record)
+        if save_now or stop.signum:
+          checkpoints.save(mngr, done, state, config)
+          last_saved = str(mngr.directory / str(done))
+        if stop.signum:
+          name = signal.Signals(stop.signum).name
+          raise TrainingStopped(f"{name}: stopped at step {done} of {total_steps}; saved "
+                                f"{last_saved}; rerun the same command to resume",
+                                exit_code=128 + stop.signum)
   finally:
     bar.close()
     writer.close()
-  mngr.close()
+    mngr.close()
   _log(f"done: {total_steps} steps; checkpoints in {mngr.directory}")
   return state
