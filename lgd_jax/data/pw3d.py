@@ -1,0 +1,527 @@
+"""3DPW ("3D Poses in the Wild", von Marcard et al., ECCV 2018) as fitting inputs and ground truth.
+
+The data set's ``sequenceFiles/{train,validation,test}/*.pkl`` are Python 2 pickles (read with
+``encoding='latin1'``), one dict per sequence with one list entry per actor (one or two):
+
+    sequence        str                  the sequence name
+    genders         [str]                'm' or 'f' per actor (the readme calls it "gender")
+    poses           [(F, 72)]            SMPL pose per image frame, world frame
+    betas           [(10,)]              SMPL shape per actor
+    trans           [(F, 3)]             root translation, world frame
+    jointPositions  [(F, 72)]            the 24 SMPL joints, world frame
+    poses2d         [(F, 3, 18)]         OpenPose COCO-18 detections: x, y (pixels), confidence
+    campose_valid   [(F,)]               whether the camera pose of the frame is aligned
+    cam_poses       (F, 4, 4)            world-to-camera extrinsics per frame
+    cam_intrinsics  (3, 3)               K
+    img_frame_ids, poses_60Hz, trans_60Hz, betas_clothed, v_template_clothed, texture_maps, ...
+
+As in SPIN's and the official LGD preprocessing, only frames with ``campose_valid`` are used and the
+global orientation is taken to the camera frame, R_cam @ R_root. This module then expresses the
+body in the frame our fits predict in: the official camera (:func:`lgd_jax.camera.official_camera`)
+looks down -z with +y up, so a camera-frame point (x right, y down, z forward) is the world point
+diag(1, -1, -1) (x, y, z) up to a translation. Ground truth comes from the user's gendered SMPL
+files; every 3D quantity is returned centred on the SMPL pelvis, so translations never matter.
+
+    data = pw3d.load("/data/3DPW", split="test")     # needs SMPL_MALE / SMPL_FEMALE models
+    data.kp2d, data.conf                            # (N, 18, 2) pixels, (N, 18) confidences
+    data.pose, data.betas, data.joints              # our frame; joints (N, 24, 3) metres
+
+Every problem with an input raises :class:`Pw3dError` with a one-line message naming the file, the
+key and what was expected.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import functools
+import importlib
+import os
+import pickle
+from pathlib import Path
+
+import jax
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from lgd_jax import body
+from lgd_jax.body.io import SMPL_URL
+from lgd_jax.body.keypoint_sets import COCO18_NAMES
+
+SPLITS = ("train", "validation", "test")
+NUM_BETAS = 10
+NUM_JOINTS2D = 18
+# Our world frame from a camera frame (x right, y down, z forward), up to a translation.
+CAMERA_TO_WORLD = np.diag([1.0, -1.0, -1.0])
+# Where users put SMPL (third_party/README.md); LGD_JAX_SMPL_DIR overrides it.
+DEFAULT_SMPL_DIR = Path(__file__).resolve().parents[2] / "third_party" / "smpl"
+SMPL_DIR_ENV = "LGD_JAX_SMPL_DIR"
+REGRESSOR_NAME = "J_regressor_h36m.npy"
+SPIN_URL = "https://github.com/nkolot/SPIN (fetch_data.sh)"
+GENDERS = {"m": "male", "male": "male", "f": "female", "female": "female"}
+# File names of the gendered models, smplx's first, lower-cased (the search ignores case).
+_MODEL_NAMES = {
+    g: tuple(f"{stem}{ext}" for stem in (f"smpl_{g}", f"basicmodel_{tag}_lbs_10_207_0_v1.1.0",
+                                         f"basicmodel_{tag}_lbs_10_207_0_v1.0.0")
+             for ext in (".pkl", ".npz"))
+    for g, tag in (("male", "m"), ("female", "f"), ("neutral", "neutral"))}
+_CHUNK = 4096  # frames per jitted ground-truth call
+# cam_poses rotations must be orthonormal to this tolerance.
+_ROTATION_TOL = 1e-3
+
+
+class Pw3dError(ValueError):
+  """A 3DPW file, or an SMPL file it needs, that cannot be used; the message is one line."""
+
+
+def _error(source, message: str) -> Pw3dError:
+  return Pw3dError(" ".join(f"{source}: {message}".split()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's SMPL files.
+# ---------------------------------------------------------------------------------------------
+
+
+def smpl_dir(directory: str | os.PathLike | None = None) -> Path:
+  """The user's SMPL directory: ``directory``, else $LGD_JAX_SMPL_DIR, else third_party/smpl."""
+  return Path(directory or os.environ.get(SMPL_DIR_ENV) or DEFAULT_SMPL_DIR)
+
+
+def _find(directory: Path, names: tuple[str, ...]) -> Path | None:
+  for folder in (directory, directory / "smpl"):  # smplx's model_path/smpl/ layout too
+    if not folder.is_dir():
+      continue
+    present = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
+    for name in names:
+      if name in present:
+        return present[name]
+  return None
+
+
+def model_path(gender: str, directory: str | os.PathLike | None = None) -> Path:
+  """The SMPL model file of ``gender`` ("male", "female", "neutral" or 'm'/'f').
+
+  Looks for smplx's names (SMPL_MALE.pkl, ...) and the official ones
+  (basicmodel_m_lbs_10_207_0_v1.1.0.pkl, ...), as .pkl or .npz, in :func:`smpl_dir` and its
+  ``smpl/`` subfolder.
+
+  Raises:
+    Pw3dError: no such file; the message says what to download and where to put it.
+  """
+  gender = GENDERS.get(gender, gender)
+  if gender not in _MODEL_NAMES:
+    raise Pw3dError(f"unknown gender {gender!r}, expected 'male', 'female' or 'neutral'")
+  folder = smpl_dir(directory)
+  found = _find(folder, _MODEL_NAMES[gender])
+  if found is None:
+    smplx = f"SMPL_{gender.upper()}.pkl"
+    official = _MODEL_NAMES[gender][2]
+    raise _error(folder, f"no {gender} SMPL model ({smplx}, {official} or an .npz conversion); "
+                 f"download SMPL from {SMPL_URL} and put {smplx} in {folder} (or set "
+                 f"{SMPL_DIR_ENV})")
+  return found
+
+
+def regressor_path(directory: str | os.PathLike | None = None) -> Path | None:
+  """SPIN's ``J_regressor_h36m.npy`` in :func:`smpl_dir`, or None if it is not there."""
+  return _find(smpl_dir(directory), (REGRESSOR_NAME.lower(),))
+
+
+def missing_regressor_message(directory: str | os.PathLike | None = None) -> str:
+  folder = smpl_dir(directory)
+  return (f"{folder / REGRESSOR_NAME}: no such file; the 14- and 17-joint protocols need SPIN's "
+          f"Human3.6M joint regressor: download it with SPIN's data ({SPIN_URL}) and put "
+          f"{REGRESSOR_NAME} in {folder} (or set {SMPL_DIR_ENV})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the pickles without running their code.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Opaque:
+  """An inert stand-in for a class the pickle names besides NumPy's (e.g. chumpy in
+  ``v_template_clothed``): nothing of the original runs; keys holding one are unusable."""
+
+  pickled_as = "?"
+
+  def __init__(self, *args, **kwargs):
+    pass
+
+  def __setstate__(self, state):
+    pass
+
+
+_NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
+_BUILTINS = {"object", "set", "frozenset", "list", "dict", "tuple", "bytearray", "slice",
+             "complex"}
+
+
+class _Unpickler(pickle.Unpickler):
+  """NumPy arrays and Python containers only; any other class becomes an inert stand-in."""
+
+  def find_class(self, module: str, name: str):
+    root = module.split(".")[0]
+    if root == "numpy" and name in _NUMPY_NAMES:
+      modern = module.replace("numpy.core", "numpy._core", 1)
+      for candidate in (modern, module):
+        try:
+          return getattr(importlib.import_module(candidate), name)
+        except (ImportError, AttributeError):
+          continue
+    if module in ("copy_reg", "copyreg") and name == "_reconstructor":
+      return _reconstructor
+    if module in ("__builtin__", "builtins") and name in _BUILTINS:
+      return getattr(importlib.import_module("builtins"), name)
+    if module == "_codecs" and name == "encode":
+      return codecs.encode
+    return type(name, (_Opaque,), {"pickled_as": f"{module}.{name}"})
+
+
+def _reconstructor(cls, base, state):
+  if isinstance(cls, type) and issubclass(cls, _Opaque):
+    return cls()
+  raise pickle.UnpicklingError(f"copy_reg._reconstructor of {cls!r} is not allowed")
+
+
+def _read_pickle(source: str) -> dict:
+  try:
+    with open(source, "rb") as f:
+      data = _Unpickler(f, encoding="latin1").load()
+  except OSError as e:
+    raise _error(source, f"cannot be read ({type(e).__name__}: {e.strerror or e}), expected a "
+                 "3DPW sequence .pkl") from None
+  except Exception as e:  # noqa: BLE001  Any unpickling failure: a corrupt or foreign file.
+    raise _error(source, f"not a readable pickle ({type(e).__name__}: {e}), expected a 3DPW "
+                 "sequence file (a latin1 pickle of a dict)") from None
+  if not isinstance(data, dict):
+    raise _error(source, f"holds a {type(data).__name__}, expected a dict with the 3DPW keys "
+                 "(sequence, genders, poses, betas, poses2d, campose_valid, cam_poses, ...)")
+  return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Validating one sequence.
+# ---------------------------------------------------------------------------------------------
+
+
+def _get(data: dict, source: str, *keys: str):
+  for key in keys:
+    if key in data:
+      return data[key]
+  raise _error(source, f"missing key '{keys[0]}', expected a 3DPW sequence dict (keys present: "
+               f"{', '.join(sorted(map(str, data)))})")
+
+
+def _array(value, source: str, key: str, shape: tuple, what: str) -> np.ndarray:
+  """A float64 array of ``shape`` (None = any size); NaN/Inf are errors."""
+  if isinstance(value, _Opaque):
+    raise _error(source, f"key '{key}' holds a pickled {value.pickled_as} object, expected {what}")
+  try:
+    arr = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise _error(source, f"key '{key}' is not numeric ({e}), expected {what}") from None
+  if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+    raise _error(source, f"key '{key}' has shape {arr.shape}, expected {what}")
+  if not np.all(np.isfinite(arr)):
+    raise _error(source, f"key '{key}' holds NaN or Inf, expected finite {what}")
+  return arr
+
+
+def _per_actor(data: dict, source: str, key: str, num_actors: int, *aliases: str) -> list:
+  value = _get(data, source, key, *aliases)
+  if isinstance(value, np.ndarray) and value.dtype != object:
+    value = list(value)
+  if not isinstance(value, (list, tuple)) or len(value) != num_actors:
+    n = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
+    raise _error(source, f"key '{key}' holds {n} entries, expected a list with one entry per "
+                 f"actor ({num_actors}, as in 'poses')")
+  return list(value)
+
+
+def _gender(value, source: str, actor: int) -> str:
+  if isinstance(value, bytes):
+    value = value.decode("latin1")
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    value = value.item()
+  gender = GENDERS.get(str(value).strip().lower()) if isinstance(value, str) else None
+  if gender is None:
+    raise _error(source, f"key 'genders' entry {actor} is {value!r}, expected 'm' or 'f'")
+  return gender
+
+
+def _rotations(cam_poses: np.ndarray, source: str) -> np.ndarray:
+  rot = cam_poses[:, :3, :3]
+  err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max(axis=(-2, -1))
+  det = np.linalg.det(rot)
+  bad = np.flatnonzero((err > _ROTATION_TOL) | (det < 0))
+  if bad.size:
+    raise _error(source, f"key 'cam_poses' frame {int(bad[0])} has no rotation in its top-left "
+                 "3x3 block, expected rigid world-to-camera 4x4 matrices")
+  return rot
+
+
+def read_sequence(path: str | os.PathLike) -> dict:
+  """The valid frames of one 3DPW sequence file, per actor concatenated.
+
+  Returns:
+    A dict of NumPy arrays over the valid frames of all actors (actor-major, frame order):
+    ``kp2d`` (n, 18, 2) pixels, ``conf`` (n, 18), ``pose`` (n, 72) with the global orientation in
+    the camera frame (R_cam R_root, as SPIN), ``betas`` (n, 10), ``gender`` (n,) "male"/"female",
+    ``joint_positions`` (n, 24, 3) the file's joints in the camera frame or None, ``intrinsics``
+    (3, 3) or None, ``actor`` (n,), ``frame`` (n,) image frame index, ``sequence`` str.
+
+  Raises:
+    Pw3dError: the file is not a readable 3DPW sequence (the message names the key).
+  """
+  source = os.fspath(path)
+  data = _read_pickle(source)
+  sequence = _get(data, source, "sequence")
+  sequence = sequence.decode("latin1") if isinstance(sequence, bytes) else str(sequence)
+  poses = _get(data, source, "poses")
+  if not isinstance(poses, (list, tuple)) or not poses:
+    raise _error(source, f"key 'poses' holds {type(poses).__name__}, expected a non-empty list "
+                 "of (F, 72) SMPL poses, one per actor")
+  num_actors = len(poses)
+  poses = [_array(p, source, "poses", (None, 72), "(F, 72) SMPL poses per actor") for p in poses]
+  num_frames = poses[0].shape[0]
+  if any(p.shape[0] != num_frames for p in poses):
+    raise _error(source, f"key 'poses' has actors with {[p.shape[0] for p in poses]} frames, "
+                 "expected the same number of frames for every actor")
+  genders = [_gender(g, source, i) for i, g in
+             enumerate(_per_actor(data, source, "genders", num_actors, "gender"))]
+  betas = [_array(b, source, "betas", (None,), "(10,) SMPL betas per actor")
+           for b in _per_actor(data, source, "betas", num_actors)]
+  for b in betas:
+    if b.size < NUM_BETAS:
+      raise _error(source, f"key 'betas' has {b.size} values, expected at least {NUM_BETAS}")
+  poses2d = [_array(p, source, "poses2d", (num_frames, 3, NUM_JOINTS2D),
+                    f"({num_frames}, 3, {NUM_JOINTS2D}) OpenPose x, y, confidence per actor")
+             for p in _per_actor(data, source, "poses2d", num_actors, "poses2D")]
+  valid = [_array(v, source, "campose_valid", (num_frames,), f"({num_frames},) booleans per "
+                  "actor") != 0 for v in _per_actor(data, source, "campose_valid", num_actors)]
+  cam_poses = _array(_get(data, source, "cam_poses"), source, "cam_poses", (num_frames, 4, 4),
+                     f"({num_frames}, 4, 4) world-to-camera matrices")
+  cam_rot = _rotations(cam_poses, source)
+  joint_positions = None
+  if "jointPositions" in data:
+    joint_positions = [_array(j, source, "jointPositions", (num_frames, 72),
+                              f"({num_frames}, 72) joint positions per actor")
+                       for j in _per_actor(data, source, "jointPositions", num_actors)]
+  intrinsics = None
+  if "cam_intrinsics" in data:
+    intrinsics = _array(data["cam_intrinsics"], source, "cam_intrinsics", (3, 3),
+                        "the (3, 3) camera matrix K")
+
+  out = {k: [] for k in ("kp2d", "conf", "pose", "betas", "gender", "joint_positions", "actor",
+                         "frame")}
+  for a in range(num_actors):
+    idx = np.flatnonzero(valid[a])
+    pose = poses[a][idx].copy()
+    root = Rotation.from_rotvec(pose[:, :3]).as_matrix()
+    pose[:, :3] = Rotation.from_matrix(cam_rot[idx] @ root).as_rotvec()
+    out["pose"].append(pose)
+    out["betas"].append(np.tile(betas[a][:NUM_BETAS], (idx.size, 1)))
+    out["gender"].append(np.full(idx.size, genders[a]))
+    out["kp2d"].append(np.swapaxes(poses2d[a][idx, :2], 1, 2))
+    out["conf"].append(poses2d[a][idx, 2])
+    if joint_positions is not None:
+      joints = joint_positions[a][idx].reshape(-1, 24, 3)
+      out["joint_positions"].append(np.einsum("fij,fkj->fki", cam_rot[idx], joints))
+    out["actor"].append(np.full(idx.size, a))
+    out["frame"].append(idx)
+  result = {k: np.concatenate(v) for k, v in out.items() if v}
+  result["joint_positions"] = result.get("joint_positions")
+  result["intrinsics"] = intrinsics
+  result["sequence"] = sequence
+  return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The data set.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pw3dData:
+  """The valid frames of a 3DPW split, one row per (actor, frame).
+
+  Attributes:
+    kp2d: (N, 18, 2) OpenPose COCO-18 detections, pixels (order :data:`KEYPOINT_NAMES`).
+    conf: (N, 18) their confidences.
+    pose: (N, 72) ground-truth SMPL pose, global orientation in our frame.
+    betas: (N, 10) ground-truth shape.
+    gender: (N,) "male" or "female".
+    joints: (N, 24, 3) ground-truth SMPL joints of the gendered model, our frame, pelvis-centred.
+    vertices: (N, V, 3) ground-truth vertices (pelvis-centred), or None unless asked for.
+    joint_positions: (N, 24, 3) the file's ``jointPositions`` in our frame, pelvis-centred, or
+      None; a check of the SMPL files (they should agree with ``joints`` to a few millimetres).
+    intrinsics: (N, 3, 3) camera matrices, or None where the files lack ``cam_intrinsics``.
+    sequence: (N,) sequence names.
+    frame: (N,) image frame index (imageFiles/<sequence>/image_<frame:05d>.jpg).
+    actor: (N,) actor index within the sequence.
+    files: the sequence files read.
+    models: gender -> SMPL model file used for the ground truth.
+    body_models: gender -> the loaded :class:`~lgd_jax.body.BodyModel`.
+  """
+
+  kp2d: np.ndarray
+  conf: np.ndarray
+  pose: np.ndarray
+  betas: np.ndarray
+  gender: np.ndarray
+  joints: np.ndarray
+  vertices: np.ndarray | None
+  joint_positions: np.ndarray | None
+  intrinsics: np.ndarray | None
+  sequence: np.ndarray
+  frame: np.ndarray
+  actor: np.ndarray
+  files: tuple[str, ...]
+  models: dict
+  body_models: dict
+
+  keypoint_names = COCO18_NAMES
+
+  def __len__(self) -> int:
+    return self.kp2d.shape[0]
+
+  def image_names(self) -> list[str]:
+    return [f"imageFiles/{s}/image_{f:05d}.jpg" for s, f in zip(self.sequence, self.frame)]
+
+
+def sequence_files(path: str | os.PathLike, split: str = "test") -> list[str]:
+  """The .pkl files of ``path``: a 3DPW root (holding sequenceFiles/), sequenceFiles/ itself, one
+  split's directory, or a single .pkl (``split`` is used for the first two)."""
+  if split not in SPLITS:
+    raise Pw3dError(f"3DPW split {split!r}: expected one of {', '.join(SPLITS)}")
+  p = Path(path)
+  if p.is_file():
+    if p.suffix.lower() != ".pkl":
+      raise _error(p, "is not a .pkl file, expected a 3DPW root directory, its sequenceFiles/ "
+                   "or a sequence .pkl")
+    return [str(p)]
+  if not p.is_dir():
+    raise _error(p, "no such file or directory, expected the 3DPW root (holding "
+                 "sequenceFiles/), a sequenceFiles/<split> directory or a sequence .pkl")
+  for candidate in (p / "sequenceFiles" / split, p / split, p):
+    files = sorted(str(f) for f in candidate.glob("*.pkl")) if candidate.is_dir() else []
+    if files:
+      return files
+  raise _error(p, f"no 3DPW sequence files, expected {p / 'sequenceFiles' / split}/*.pkl (or a "
+               "directory of .pkl files)")
+
+
+@functools.partial(jax.jit, static_argnames=("with_vertices",))
+def _smpl_points(model: body.BodyModel, pose, betas, with_vertices: bool):
+  """Pelvis-centred joints (B, 24, 3) and, if asked, vertices (B, V, 3)."""
+  if not with_vertices:
+    joints = body.keypoints(model, pose, betas, None, "smpl24")
+    return joints - joints[..., :1, :], None
+  out = body.forward(model, pose, betas)
+  pelvis = out.joints[..., :1, :]
+  return out.joints - pelvis, out.vertices - pelvis
+
+
+def smpl_points(model: body.BodyModel, pose: np.ndarray, betas: np.ndarray,
+                with_vertices: bool = False, chunk: int = _CHUNK):
+  """:func:`_smpl_points` over a large array in fixed-size jitted chunks (NumPy in and out)."""
+  joints, verts = [], []
+  n = pose.shape[0]
+  # Padded to a power of two (at most ``chunk``), so that few shapes are ever compiled.
+  size = min(chunk, 1 << max(3, int(np.ceil(np.log2(max(n, 1))))))
+  for start in range(0, n, size):
+    stop = min(start + size, n)
+    pad = size - (stop - start)
+    p = np.pad(pose[start:stop], ((0, pad), (0, 0)), mode="edge")
+    b = np.pad(betas[start:stop], ((0, pad), (0, 0)), mode="edge")
+    # Without its name (static, a file path), male and female models share compiled programs.
+    j, v = jax.device_get(_smpl_points(model.replace(name=""), p.astype(np.float32),
+                                       b.astype(np.float32), with_vertices))
+    joints.append(j[:stop - start])
+    if with_vertices:
+      verts.append(v[:stop - start])
+  empty = np.zeros((0, 24, 3), np.float32)
+  return (np.concatenate(joints) if joints else empty,
+          (np.concatenate(verts) if verts else None) if with_vertices else None)
+
+
+def load_models(genders, directory: str | os.PathLike | None = None) -> dict:
+  """{gender: BodyModel} for the given genders, from the user's SMPL files (10 betas)."""
+  models = {}
+  for gender in sorted(set(genders)):
+    path = model_path(gender, directory)
+    models[gender] = body.load_model(path, num_betas=NUM_BETAS)
+  return models
+
+
+def load(path: str | os.PathLike, split: str = "test", smpl_dir: str | os.PathLike | None = None,
+         with_vertices: bool = False, models: dict | None = None) -> Pw3dData:
+  """Reads a 3DPW split and computes its ground truth with the gendered SMPL models.
+
+  Args:
+    path: the 3DPW root (holding sequenceFiles/), sequenceFiles/, a split directory or one .pkl.
+    split: "train", "validation" or "test" (used when ``path`` is a directory above the split).
+    smpl_dir: the directory of SMPL_MALE/SMPL_FEMALE (see :func:`model_path`); default
+      $LGD_JAX_SMPL_DIR or third_party/smpl.
+    with_vertices: also return the (N, 6890, 3) ground-truth meshes (large: 80 KB per frame).
+    models: optional {gender: BodyModel} to use instead of the files (e.g. already loaded).
+
+  Returns:
+    A :class:`Pw3dData`.
+
+  Raises:
+    Pw3dError: a missing or malformed file, or a missing SMPL model (the message says which file,
+      which key and what was expected, or what to download and where to put it).
+    ModelFileError: an SMPL file that exists but cannot be read.
+  """
+  files = sequence_files(path, split)
+  parts = [read_sequence(f) for f in files]
+  parts = [p for p in parts if p["pose"].shape[0]]
+  if not parts:
+    raise _error(path, "no valid frames (campose_valid is false everywhere), expected at least "
+                 "one frame with an aligned camera pose")
+  gender = np.concatenate([p["gender"] for p in parts])
+  if models is None:
+    models = load_models(gender, smpl_dir)
+  missing = sorted(set(gender) - set(models))
+  if missing:
+    raise Pw3dError(f"{path}: no body model given for gender {missing[0]}")
+  sources = {g: models[g].name for g in sorted(set(gender))}
+  pose = np.concatenate([p["pose"] for p in parts])
+  pose[:, :3] = Rotation.from_matrix(CAMERA_TO_WORLD @ Rotation.from_rotvec(
+      pose[:, :3]).as_matrix()).as_rotvec()
+  betas = np.concatenate([p["betas"] for p in parts])
+  joints = np.zeros((pose.shape[0], 24, 3), np.float32)
+  vertices = None
+  for g in sorted(set(gender)):
+    idx = np.flatnonzero(gender == g)
+    j, v = smpl_points(models[g], pose[idx], betas[idx], with_vertices)
+    joints[idx] = j
+    if with_vertices:
+      if vertices is None:
+        vertices = np.zeros((pose.shape[0],) + v.shape[1:], np.float32)
+      if v.shape[1:] != vertices.shape[1:]:
+        raise Pw3dError(f"the male and female SMPL models have different vertex counts "
+                        f"({vertices.shape[1]} and {v.shape[1]}), expected the same mesh")
+      vertices[idx] = v
+  joint_positions = None
+  if all(p["joint_positions"] is not None for p in parts):
+    jp = CAMERA_TO_WORLD @ np.concatenate([p["joint_positions"] for p in parts])[..., None]
+    jp = jp[..., 0]
+    joint_positions = (jp - jp[:, :1]).astype(np.float32)
+  intrinsics = None
+  if all(p["intrinsics"] is not None for p in parts):
+    intrinsics = np.concatenate([np.tile(p["intrinsics"], (p["pose"].shape[0], 1, 1))
+                                 for p in parts]).astype(np.float32)
+  return Pw3dData(
+      kp2d=np.concatenate([p["kp2d"] for p in parts]).astype(np.float32),
+      conf=np.concatenate([p["conf"] for p in parts]).astype(np.float32),
+      pose=pose.astype(np.float32), betas=betas.astype(np.float32), gender=gender,
+      joints=joints, vertices=vertices, joint_positions=joint_positions, intrinsics=intrinsics,
+      sequence=np.concatenate([np.full(p["pose"].shape[0], p["sequence"]) for p in parts]),
+      frame=np.concatenate([p["frame"] for p in parts]),
+      actor=np.concatenate([p["actor"] for p in parts]),
+      files=tuple(files), models=sources,
+      body_models={g: models[g] for g in sorted(set(gender))})
