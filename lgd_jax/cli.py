@@ -8,12 +8,17 @@ import traceback
 from lgd_jax.body.io import ModelFileError
 from lgd_jax.checkpoints import CheckpointError
 from lgd_jax.data.amass import AmassError
+from lgd_jax.data.pw3d import Pw3dError
+from lgd_jax.data.spin import SpinDataError
+from lgd_jax.detections import DetectionError
 from lgd_jax.parallel import ShardingError
+from lgd_jax.protocols import ProtocolError
 from lgd_jax.training import ConfigError, TrainingStopped
 
 # Errors whose message is complete for a user: shown as one line, exit code 2.
 USER_ERRORS = (ConfigError, ModelFileError, CheckpointError, AmassError, ShardingError,
-               FileNotFoundError, IsADirectoryError, PermissionError)
+               DetectionError, Pw3dError, SpinDataError, ProtocolError, FileNotFoundError,
+               IsADirectoryError, PermissionError)
 
 
 def quiet_logs() -> None:
