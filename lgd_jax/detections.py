@@ -77,7 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgd_jax import body, camera, lgd, objective, rotations
+from lgd_jax import body, camera, lgd, objective, parallel, rotations
 from lgd_jax.body.keypoint_sets import BODY25_NAMES, COCO17_NAMES, COCO18_NAMES
 from lgd_jax.objective import Problem
 
@@ -807,6 +807,7 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
   t_fit = 0.0
   if todo:
     bsz = min(batch_size, len(todo))
+    mesh = parallel.make_mesh()  # persons split over every device (restored params replicated)
     focal_all = np.array([frame_info[det.person_frame[i]]["focal"] for i in todo], np.float32)
     center_all = np.array([frame_info[det.person_frame[i]]["center"] for i in todo], np.float32)
     for start in range(0, len(todo), bsz):
@@ -815,9 +816,10 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
       rows = np.asarray(idx)[pad]
       sel = slice(start, start + len(idx))
       t0 = time.perf_counter()
-      res = fit_batch(restored.learner, restored.variables, problem, jnp.asarray(kp[rows]),
-                      jnp.asarray(conf[rows]), jnp.asarray(focal_all[sel][pad]),
-                      jnp.asarray(center_all[sel][pad]), num_steps, with_vertices=True)
+      inputs = parallel.shard_batch((kp[rows], conf[rows], focal_all[sel][pad],
+                                     center_all[sel][pad]), mesh)
+      res = fit_batch(restored.learner, restored.variables, problem, *inputs, num_steps,
+                      with_vertices=True)
       res = jax.device_get(res)
       t_fit += time.perf_counter() - t0
       results.append((idx, res))

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lgd_jax import checkpoints, lgd, objective, training
+from lgd_jax import checkpoints, lgd, objective, parallel, training
 from lgd_jax.objective import Problem
 
 METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pck150", "auc", "reproj")
@@ -52,7 +52,11 @@ def restore(ckpt: str | os.PathLike) -> Restored:
   tx = training.make_optimizer(config, 1)
   template = training.init_state(learner, problem, tx, int(config.seed))
   state = checkpoints.restore_verified(checkpoints.manager_at(directory), step, template)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  # Replicated over every device: evaluation, benchmarks and detection fitting split their
+  # batches over the same mesh (parallel.shard_batch).
+  mesh = parallel.make_mesh()
+  variables = parallel.replicate({"params": state.params, "batch_stats": state.batch_stats}, mesh)
+  problem = parallel.replicate(problem, mesh)
   return Restored(config, problem, learner, variables, step, str(directory / str(step)))
 
 
@@ -120,6 +124,9 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
   # A separate batch of the evaluation batches' shape, so tuning reuses their compiled programs.
   tuning = training.validation_batches(r.config, r.problem, source, sizes[0],
                                        seed + TUNING_SEED_OFFSET, sizes[0])[0]
+  mesh = parallel.make_mesh()
+  batches = [parallel.shard_batch(b, mesh) for b in batches]
+  tuning = parallel.shard_batch(tuning, mesh)
   log(f"evaluating {r.path} on {sum(sizes)} held-out {name} samples, {num_steps} steps "
       f"(training window N = {window})")
 

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from lgd_jax import body, camera, lgd, metrics, objective
+from lgd_jax import body, camera, lgd, metrics, objective, parallel
 from lgd_jax.body.keypoint_sets import H36M_TO_J14
 from lgd_jax.data import pw3d, spin
 from lgd_jax.objective import Problem
@@ -427,12 +427,14 @@ def run_method(data: ProtocolData, problem: Problem, fit_fn, num_steps: int, bat
   n = len(data)
   size = min(batch_size, n)
   sums: dict[str, np.ndarray] = {}
+  mesh = parallel.make_mesh()  # batches split over every device (restored params replicated)
   starts = range(0, n, size)
   for start in tqdm(starts, desc=desc, leave=False, disable=None if len(starts) > 1 else True):
     stop = min(start + size, n)
     kp2d = jnp.asarray(_pad(data.kp2d[start:stop], size))
     conf = jnp.asarray(_pad(data.conf[start:stop], size))
     gt = {k: jnp.asarray(_pad(v[start:stop], size)) for k, v in data.gt.items()}
+    kp2d, conf, gt = parallel.shard_batch((kp2d, conf, gt), mesh)
     theta, loss = fit_fn(kp2d, conf)
     if theta.ndim != 3 or theta.shape[1:] != (size, problem.num_params):
       raise ProtocolError(f"method {desc!r} returned parameters of shape {theta.shape}, expected "

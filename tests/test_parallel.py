@@ -17,10 +17,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 4
 # The 4-device program reduces in another order: losses agree to float32 rounding ...
 LOSS_RTOL = 1e-5
-# ... and Adam's normalised steps turn that rounding into parameter differences of a fraction
-# of the learning rate on a few near-zero-gradient weights; the bulk must agree closely.
+# ... and Adam's normalised steps turn that rounding into parameter differences of up to a few
+# learning rates (3e-3) on the rare weights whose gradient is near zero (seen: max 4.5e-3,
+# 99th percentile 6e-7, median 3e-8); the bulk must agree closely.
 PARAM_MEDIAN_ATOL = 1e-6
-PARAM_MAX_FRACTION_OF_TRAVEL = 0.25  # max |p4 - p1| relative to max |p1 - p_init|
+PARAM_P99_ATOL = 1e-5
+PARAM_MAX_ATOL = 0.02
+EVAL_ATOL = 1e-3  # mm / objective units: sharded and one-device evaluation metrics
 
 CHILD = textwrap.dedent("""
     import json, os, sys
@@ -48,6 +51,19 @@ CHILD = textwrap.dedent("""
     except parallel.ShardingError as e:
       out["indivisible"] = str(e)
     out["bad_created"] = os.path.exists(os.path.join({tmp!r}, "bad"))
+    # Evaluation splits its batches over the same mesh and matches a one-device evaluation.
+    from lgd_jax import evaluation
+    r = evaluation.restore(os.path.join({tmp!r}, "run{n}"))
+    batch = training.validation_batches(r.config, r.problem, training.PoseSource(), 64, 5, 64)[0]
+    sharded = parallel.shard_batch(batch, parallel.make_mesh())
+    m_sh, _ = training.eval_lgd(r.learner, r.variables, r.problem, sharded, 3)
+    one = jax.devices()[0]
+    m_1, _ = training.eval_lgd(r.learner, jax.device_put(r.variables, one),
+                               jax.device_put(r.problem, one), jax.device_put(batch, one), 3)
+    out["eval"] = {{"param_devices": len(jax.tree.leaves(r.variables)[0].sharding.device_set),
+                   "batch_devices": len(sharded.kp2d.sharding.device_set),
+                   "sharded": {{k: np.asarray(v).tolist() for k, v in m_sh.items()}},
+                   "single": {{k: np.asarray(v).tolist() for k, v in m_1.items()}}}}
     print("RESULT " + json.dumps(out))
 """)
 
@@ -74,9 +90,8 @@ def test_four_devices_follow_one_device(runs):
   p4 = np.load(os.path.join(tmp, f"params{NUM_DEVICES}.npz"))
   diff = np.concatenate([np.abs(p1[k] - p4[k]).ravel() for k in p1.files])
   assert np.median(diff) <= PARAM_MEDIAN_ATOL
-  # Travel from the initial parameters (the same seed): the runs moved far more than they differ.
-  travel = max(float(np.max(np.abs(p1[k]))) for k in p1.files)
-  assert diff.max() <= PARAM_MAX_FRACTION_OF_TRAVEL * travel
+  assert np.percentile(diff, 99) <= PARAM_P99_ATOL
+  assert diff.max() <= PARAM_MAX_ATOL
 
 
 def test_batch_must_divide_by_the_device_count(runs):
@@ -84,3 +99,11 @@ def test_batch_must_divide_by_the_device_count(runs):
   msg = out["indivisible"]
   assert msg is not None and "batch_size" in msg and "30" in msg and str(NUM_DEVICES) in msg
   assert not out["bad_created"]  # refused before anything was written
+
+
+def test_evaluation_shards_the_same_way(runs):
+  _, out = runs
+  ev = out["eval"]
+  assert ev["param_devices"] == NUM_DEVICES and ev["batch_devices"] == NUM_DEVICES
+  for k, v in ev["single"].items():
+    np.testing.assert_allclose(ev["sharded"][k], v, rtol=LOSS_RTOL, atol=EVAL_ATOL, err_msg=k)
