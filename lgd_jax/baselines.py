@@ -684,3 +684,24 @@ def tune_smplify(problem: Problem, batch: training.Batch, num_steps: int, window
   finite = {k: v for k, v in scores.items() if np.isfinite(v)}
   best = min(finite, key=finite.get) if finite else float(candidates[0])
   return best, scores
+
+
+def protocol_methods(restored, prior_scale: float = 1.0) -> dict:
+  """The classical anchor for benchmark tables (:func:`lgd_jax.protocols.evaluate_dataset`'s
+  ``extra_methods``): the SMPLify-style fit from the zero pose with SPIN's weights (scaled by
+  ``prior_scale``; ground truth is never used to tune it on a benchmark), its iterations split
+  half and half between the two stages, and the pose prior fitted to the checkpoint's training
+  poses (:func:`default_pose_prior`)."""
+  config = restored.config
+  poses = None
+  if config.amass_dir:
+    train_src, _, _ = training.load_pose_data(config)
+    poses = np.asarray(train_src.poses)
+  prior = default_pose_prior(poses)
+  settings = {"prior_scale": float(prior_scale), "pose_prior": prior}
+
+  def smplify_fit(problem, kp2d, conf, num_steps):
+    theta0 = jnp.zeros(kp2d.shape[:1] + (problem.num_params,), kp2d.dtype)
+    return run_method(problem, "smplify", settings, theta0, kp2d, conf, num_steps).theta
+
+  return {"smplify": smplify_fit}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 
+from lgd_jax.baselines import PriorFileError
 from lgd_jax.body.io import ModelFileError
 from lgd_jax.checkpoints import CheckpointError
 from lgd_jax.data.amass import AmassError
@@ -17,7 +18,8 @@ from lgd_jax.training import ConfigError, TrainingStopped
 
 # Errors whose message is complete for a user: shown as one line, exit code 2.
 USER_ERRORS = (ConfigError, ModelFileError, CheckpointError, AmassError, ShardingError,
-               DetectionError, Pw3dError, SpinDataError, ProtocolError, FileNotFoundError,
+               DetectionError, Pw3dError, SpinDataError, ProtocolError, PriorFileError,
+               FileNotFoundError,
                IsADirectoryError, PermissionError)
 
 

@@ -145,7 +145,7 @@ def _tune(runner: _Runner, method, grid, theta0, batch):
 
 def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
         num_samples: int = 256, batch_size: int = 256, log=print, data: str | None = None,
-        include_smplify: bool = True) -> dict:
+        include_smplify: bool = True, overwrite: bool = False) -> dict:
   """Runs the convergence analysis and writes its figures, CSV and summary to ``out_dir``.
 
   Args:
@@ -157,6 +157,7 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
     log: progress lines.
     data: ``--data`` of evaluate.py (None = the checkpoint's own pose data).
     include_smplify: add the SMPLify-style fit to the summary table.
+    overwrite: replace an earlier analysis in ``out_dir`` (otherwise refused before any work).
 
   Returns:
     The summary dictionary (also written as ``summary.json``), with per start and method the
@@ -166,7 +167,12 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
   r = restored
   num_iters = int(num_iters)
   if num_iters < 2:
-    raise training.ConfigError(f"--iters: expected an integer >= 2, got {num_iters}")
+    raise training.ConfigError(f"--steps: expected an integer >= 2, got {num_iters}")
+  earlier = [f for f in ("summary.json", "convergence.csv") if os.path.exists(
+      os.path.join(out_dir, f))]
+  if earlier and not overwrite:
+    raise training.ConfigError(f"{os.path.join(out_dir, earlier[0])}: the output directory holds "
+                               "an earlier analysis; expected an empty directory or --overwrite")
   window = int(r.config.num_steps)
   name, source = evaluation.held_out_source(r.config, data)
   seed = int(r.config.val_seed) + 1  # as evaluation.evaluate: not the training's validation set
@@ -180,8 +186,8 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
 
   prior = None
   if include_smplify:
-    train_poses = None
-    if r.config.amass_dir and data is None:
+    train_poses = None  # the prior comes from the checkpoint's training poses
+    if r.config.amass_dir:
       train_src, _, _ = training.load_pose_data(r.config)
       train_poses = np.asarray(train_src.poses)
     prior = baselines.default_pose_prior(train_poses, log=log)

@@ -29,7 +29,8 @@ GD_STEP_SIZES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 ADAM_LEARNING_RATES = (0.003, 0.01, 0.03, 0.1, 0.3)
 TUNING_SEED_OFFSET = 7919  # the tuning batch's stream, apart from the held-out samples
 NUM_FIGURE_SAMPLES = 3  # held-out samples drawn by plot_fits
-METHOD_LABELS = {"lgd": "learned (ours)", "gd": "gradient descent", "adam": "Adam"}
+METHOD_LABELS = {"lgd": "learned (ours)", "gd": "gradient descent", "adam": "Adam",
+                 "gd_ls": "GD + line search", "smplify": "SMPLify-style"}
 
 
 @dataclass
@@ -105,8 +106,9 @@ def tune(problem: Problem, method: str, candidates, batch: training.Batch, windo
 
 def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
              num_samples: int = 1024, batch_size: int = 512, log=print,
-             fits_png: str | None = None) -> dict:
-  """Evaluates LGD, tuned GD and tuned Adam for ``num_steps`` (default max(20, 2N)) steps.
+             fits_png: str | None = None, classical: bool = True) -> dict:
+  """Evaluates LGD, tuned GD and tuned Adam for ``num_steps`` (default max(20, 2N)) steps, and
+  with ``classical`` also GD with a line search and the SMPLify-style fit (baselines.py).
 
   Returns the ``results.json`` dictionary: per method, each metric as a list over steps 0..M.
   ``fits_png``: also draw a few held-out samples' fitted bodies after N steps there.
@@ -145,6 +147,8 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
     fits[method] = res[0][1][min(window, num_steps), :NUM_FIGURE_SAMPLES]
     timing[method] = time.perf_counter() - t0
     log(f"  {method}: step size {best:g} (tuned on PA-MPJPE at step {window})")
+  if classical:
+    _classical(r, batches, tuning, sizes, window, num_steps, methods, settings, timing, fits, log)
   if fits_png:
     plot_fits(r.problem, batches[0], fits, min(window, num_steps), fits_png)
   return {
@@ -160,6 +164,33 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
       "baseline_settings": settings,
       "wall_time_s": timing,
   }
+
+
+def _classical(r, batches, tuning, sizes, window, num_steps, methods, settings, timing, fits, log):
+  """GD with an Armijo line search (first trial step: GD's tuned step) and the SMPLify-style fit
+  (pose prior fitted to the training poses; its global prior scale tuned like the step sizes)."""
+  from lgd_jax import baselines
+  t0 = time.perf_counter()
+  ls = {"init_step": settings["gd"]["step_size"]}
+  res = [baselines.eval_method(r.problem, "gd_ls", ls, b, num_steps) for b in batches]
+  methods["gd_ls"] = training.mean_over_batches(jax.device_get([m for m, _ in res]), sizes)
+  fits["gd_ls"] = res[0][1][min(window, num_steps), :NUM_FIGURE_SAMPLES]
+  settings["gd_ls"] = ls
+  timing["gd_ls"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  poses = None
+  if r.config.amass_dir:
+    poses = np.asarray(training.load_pose_data(r.config)[0].poses)
+  prior = baselines.default_pose_prior(poses)
+  best, scores = baselines.tune_smplify(r.problem, tuning, num_steps, min(window, num_steps),
+                                        pose_prior=prior)
+  sm = {"prior_scale": best, "pose_prior": prior}
+  res = [baselines.eval_method(r.problem, "smplify", sm, b, num_steps) for b in batches]
+  methods["smplify"] = training.mean_over_batches(jax.device_get([m for m, _ in res]), sizes)
+  fits["smplify"] = res[0][1][min(window, num_steps), :NUM_FIGURE_SAMPLES]
+  settings["smplify"] = {"prior_scale": best, "tuning_pa_mpjpe_mm": scores}
+  timing["smplify"] = time.perf_counter() - t0
+  log(f"  gd_ls: first trial step {ls['init_step']:g}; smplify: prior scale {best:g}")
 
 
 def table(results: dict, steps=None) -> str:
