@@ -133,8 +133,9 @@ def test_evaluate_from_checkpoint(trained, tmp_path):
   _, workdir, _ = trained
   # Steps = N and batches the size of training's validation batches reuse compiled programs.
   fits = str(tmp_path / "fits.png")
+  # The line search and SMPLify-style rows are covered by tests/test_baselines.py.
   results = evaluation.evaluate(workdir, num_steps=2, num_samples=32, batch_size=32,
-                                log=lambda m: None, fits_png=fits)
+                                log=lambda m: None, fits_png=fits, classical=False)
   assert os.path.getsize(fits) > 20_000
   assert results["dataset"] == "synthetic" and results["num_samples"] == 32
   assert set(results["methods"]) == {"lgd", "gd", "adam"}
