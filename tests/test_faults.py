@@ -185,6 +185,7 @@ def _state_files(step_dir):
           for d, _, fs in sorted(os.walk(step_dir)) for f in sorted(fs) if "meta" not in d]
 
 
+@pytest.mark.slow  # the default "stop" policy is tested above; this compiles another step
 def test_nonfinite_batches_can_be_skipped_and_counted(resumable, monkeypatch):
   monkeypatch.setattr(training, "load_pose_data", _poisoned_data(0.03))
   config = tiny_train_config(num_epochs=2, on_nonfinite="skip")

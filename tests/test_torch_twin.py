@@ -143,6 +143,7 @@ def _grads_close(jax_tree, torch_tree):
 VARIANTS = ["paper", pytest.param("official", marks=pytest.mark.slow)]
 
 
+@pytest.mark.slow  # the train-step test checks the same trajectory (train mode) and more
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_inference_trajectory_agrees(model, variant):
   config, problem, learner, variables, batch, twin = _setup(model, variant)

@@ -107,6 +107,7 @@ def test_train_step_compiles_once(model_path, trained):
   assert int(state.step) == 3
 
 
+@pytest.mark.slow  # tests/test_faults.py kills and resumes through the command line
 def test_resume_continues_to_the_same_parameters(tmp_path, model_path, trained):
   _, _, uninterrupted = trained
   workdir = str(tmp_path / "run")
@@ -158,6 +159,7 @@ def _run(*args, cwd=REPO):
                         timeout=300)
 
 
+@pytest.mark.slow  # tests/test_bad_inputs.py runs the bad-input corpus through both commands
 def test_commands_report_mistakes_in_one_line(tmp_path):
   res = _run("train.py", "--config", "configs/paper.py", "--workdir", str(tmp_path / "w"))
   assert res.returncode == 2
