@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -76,9 +77,9 @@ def test_killed_and_signalled_runs_resume_exactly(tmp_path):
                              timeout=WAIT_S)
   assert reference.returncode == 0, reference.stderr[-2000:]
 
-  # SIGKILL at two different points, SIGTERM and SIGINT in between; each rerun continues.
-  for at_step, sig in ((12, signal.SIGKILL), (30, signal.SIGTERM), (50, signal.SIGKILL),
-                       (65, signal.SIGINT)):
+  # SIGKILL at two different points, SIGTERM in between (SIGINT: the in-process test below);
+  # each rerun continues.
+  for at_step, sig in ((12, signal.SIGKILL), (30, signal.SIGTERM), (50, signal.SIGKILL)):
     proc = _launch(work, cache)
     reached = _interrupt(proc, work, at_step, sig)
     err = proc.stderr.read()
@@ -103,6 +104,33 @@ def test_killed_and_signalled_runs_resume_exactly(tmp_path):
   assert jax.tree.all(jax.tree.map(np.array_equal, _variables(work), _variables(ref)))
   assert _losses(work) == _losses(ref)
   assert checkpoints.locate(work)[1] == TOTAL_STEPS
+
+
+def test_sigint_saves_a_checkpoint_and_stops(tmp_path):
+  config = tiny_train_config(num_epochs=2)  # the program other tests compiled
+  workdir = str(tmp_path / "run")
+
+  def interrupt():
+    deadline = time.monotonic() + WAIT_S
+    while _last_step(workdir) < 15 and time.monotonic() < deadline:
+      time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGINT)
+
+  # A late signal (after training returned) must not interrupt pytest: park it on a no-op.
+  pytest_handler = signal.signal(signal.SIGINT, lambda *_: None)
+  thread = threading.Thread(target=interrupt, daemon=True)
+  try:
+    thread.start()
+    with pytest.raises(training.TrainingStopped) as e:
+      training.train_and_evaluate(config, workdir, show_progress=False)
+    thread.join()
+  finally:
+    signal.signal(signal.SIGINT, pytest_handler)
+  msg = str(e.value)
+  assert e.value.exit_code == 128 + signal.SIGINT and msg.startswith("SIGINT: stopped at step")
+  step = int(msg.split("stopped at step ")[1].split()[0])
+  assert 15 <= step < 24
+  assert checkpoints.locate(workdir)[1] == step  # saved at the step it stopped
 
 
 def _corrupt(step_dir: str, how: str) -> None:

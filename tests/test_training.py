@@ -63,7 +63,8 @@ def test_tiny_run_lowers_the_loss_and_logs(trained):
   assert np.isfinite(loss).all()
   assert loss[-5:].mean() < 0.96 * loss[:5].mean()
   assert all("step" in r and "loss" in r for r in lines)
-  assert lines[-1]["train_step_compilations"] == 1  # compiled once, never retraced
+  # Compiled at most once (0 when an earlier test compiled the same program), never retraced.
+  assert lines[-1]["train_step_compilations"] <= 1
   val = [r for r in lines if "val_pa_mpjpe_mm" in r]
   assert [r["step"] for r in val] == [15, 30]
   # Learned steps improve on the starting point on held-out samples.
