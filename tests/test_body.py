@@ -94,6 +94,7 @@ def test_zero_pose_is_the_shaped_template(model):
                              atol=F32_TOL)
 
 
+@pytest.mark.slow  # jit/vmap agreement is also exercised by every batched test
 def test_jit_vmap_and_batch_shapes_agree(model):
   pose, betas, transl = _random_params(jax.random.PRNGKey(1), 6)
   batched = body.forward(model, pose, betas, transl)

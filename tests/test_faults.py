@@ -22,7 +22,7 @@ WAIT_S = 600  # per run, generous: the CI machine may be busy
 # A tiny run through the real command line, long enough to be interrupted mid-way.
 CLI_ARGS = ["--config", "configs/tiny.py", "--noprogress", "--config.batch_size=128",
             "--config.model.hidden=64", "--config.steps_per_epoch=40",
-            "--config.checkpoint_every=7"]
+            "--config.checkpoint_every=10"]
 TOTAL_STEPS = 80
 
 
@@ -79,7 +79,7 @@ def test_killed_and_signalled_runs_resume_exactly(tmp_path):
 
   # SIGKILL at two different points, SIGTERM in between (SIGINT: the in-process test below);
   # each rerun continues.
-  for at_step, sig in ((12, signal.SIGKILL), (30, signal.SIGTERM), (50, signal.SIGKILL)):
+  for at_step, sig in ((14, signal.SIGKILL), (33, signal.SIGTERM), (55, signal.SIGKILL)):
     proc = _launch(work, cache)
     reached = _interrupt(proc, work, at_step, sig)
     err = proc.stderr.read()

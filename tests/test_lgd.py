@@ -185,6 +185,7 @@ def test_make_batch_augments_within_ranges(problem):
   assert np.ptp(ang) > 300
 
 
+@pytest.mark.slow  # the optional camera-translation path
 def test_translation_in_theta(model):
   prob = objective.make_problem(model, "coco18", fit_translation=True)
   assert prob.num_params == 85

@@ -11,29 +11,17 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import tiny_train_config
+
 from lgd_jax import checkpoints, evaluation, training
-from lgd_jax.config import base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(model_path, **overrides):
-  c = base_config()
-  c.body_model = model_path
-  c.batch_size = 32
-  c.num_epochs = 2
-  c.steps_per_epoch = 15
-  c.num_steps = 2
-  c.checkpoint_every = 10
-  c.log_every = 1
-  c.val_samples = 32
-  c.learning_rate = 3e-3
-  c.model.hidden = 64
-  c.model.num_blocks = 2
-  c.model.unroll = 1
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
+  """conftest's tiny config (the same compiled train step) for two epochs of 12 steps."""
+  settings = dict(num_epochs=2, checkpoint_every=10)
+  return tiny_train_config(body_model=model_path, **{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +44,9 @@ def _metrics(workdir):
 
 def test_tiny_run_lowers_the_loss_and_logs(trained):
   config, workdir, state = trained
-  assert int(state.step) == 30
+  assert int(state.step) == 24
   lines = _metrics(workdir)
-  assert [r["step"] for r in lines] == list(range(1, 31))
+  assert [r["step"] for r in lines] == list(range(1, 25))
   loss = np.array([r["loss"] for r in lines])
   assert np.isfinite(loss).all()
   assert loss[-5:].mean() < 0.96 * loss[:5].mean()
@@ -66,18 +54,18 @@ def test_tiny_run_lowers_the_loss_and_logs(trained):
   # Compiled at most once (0 when an earlier test compiled the same program), never retraced.
   assert lines[-1]["train_step_compilations"] <= 1
   val = [r for r in lines if "val_pa_mpjpe_mm" in r]
-  assert [r["step"] for r in val] == [15, 30]
+  assert [r["step"] for r in val] == [12, 24]
   # Learned steps improve on the starting point on held-out samples.
   assert val[-1]["val_pa_mpjpe_mm"] < 0.9 * val[-1]["val_pa_mpjpe_mm_start"]
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
-                if s.isdigit())[-1] == 30
+                if s.isdigit())[-1] == 24
 
 
 def test_restored_checkpoint_gives_identical_predictions(trained):
   config, workdir, state = trained
   r = evaluation.restore(workdir)
-  assert r.step == 30
+  assert r.step == 24
   assert r.config.to_json() == config.to_json()
   # The validation batches' shape and N reuse the programs the training run compiled.
   batch = training.validation_batches(config, r.problem, training.PoseSource(), 32, 5, 32)[0]
@@ -114,13 +102,13 @@ def test_resume_continues_to_the_same_parameters(tmp_path, model_path, trained):
   workdir = str(tmp_path / "run")
   first = training.train_and_evaluate(tiny_config(model_path, num_epochs=1), workdir,
                                       show_progress=False)
-  assert int(first.step) == 15
+  assert int(first.step) == 12
   resumed = training.train_and_evaluate(tiny_config(model_path), workdir, show_progress=False)
-  assert int(resumed.step) == 30
+  assert int(resumed.step) == 24
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                resumed.params, uninterrupted.params)
   steps = [r["step"] for r in _metrics(workdir)]
-  assert steps == list(range(1, 31))  # no step logged twice
+  assert steps == list(range(1, 25))  # no step logged twice
 
 
 def test_resume_refuses_another_configs_state(tmp_path, model_path, trained):
