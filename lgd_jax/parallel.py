@@ -123,6 +123,16 @@ def constrain_batch(tree, mesh: Mesh | None):
   return jax.lax.with_sharding_constraint(tree, data_sharding(mesh))
 
 
+def to_host(tree):
+  """NumPy copies of a pytree's arrays; a replicated array spanning several processes (not fully
+  addressable) is read from this process's first shard."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)
+
+
 def is_primary() -> bool:
   """Whether this process writes logs and metrics (process 0)."""
   return jax.process_index() == 0

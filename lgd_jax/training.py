@@ -452,7 +452,8 @@ def _log(msg: str) -> None:
 
 def validate(learner, state: TrainState, problem: Problem, batches: list, num_steps: int) -> dict:
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  results = [eval_lgd(learner, variables, problem, b, num_steps)[0] for b in batches]
+  results = [parallel.to_host(eval_lgd(learner, variables, problem, b, num_steps)[0])
+             for b in batches]
   mean = mean_over_batches(results, [b.theta.shape[0] for b in batches])
   return {"val_pa_mpjpe_mm": mean["pa_mpjpe_mm"][-1], "val_mpjpe_mm": mean["mpjpe_mm"][-1],
           "val_pa_mpjpe_mm_start": mean["pa_mpjpe_mm"][0], "val_reproj": mean["reproj"][-1]}
@@ -495,7 +496,7 @@ class _StopSignals:
 
 def _check_faults(state: TrainState, config, done: int, last_saved: str | None) -> None:
   """Stops training (``on_nonfinite`` = "stop") once a step had a non-finite loss or gradient."""
-  bad = int(jax.device_get(state.bad_step))
+  bad = int(parallel.to_host(state.bad_step))
   if bad < 0 or config.get("on_nonfinite", "stop") != "stop":
     return
   keep = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was saved"
@@ -541,7 +542,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     last_saved = str(mngr.directory / str(found[0]))
     state = found[1]
     _log(f"resumed from {last_saved} (step {found[0]} of {total_steps})")
-  start = int(state.step)
+  start = int(parallel.to_host(state.step))
 
   writer = MetricWriter(workdir, start, enabled=primary)
   step_fn = make_train_step(learner, config, steps_per_epoch, mesh)
@@ -557,7 +558,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   bar = tqdm(total=total_steps, initial=start, disable=not (show_progress and primary),
              unit="step", dynamic_ncols=True, file=sys.stderr)
   t_last, n_last = time.perf_counter(), start
-  skipped_before = int(state.num_skipped)
+  skipped_before = int(parallel.to_host(state.num_skipped))
   try:
     with _StopSignals() as stop:
       for step in range(start, total_steps):
@@ -571,22 +572,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if log_now or save_now or stop.signum:
           _check_faults(state, config, done, last_saved)
         if log_now:
-          record = {k: float(v) for k, v in jax.device_get(out).items()}
+          record = {k: float(v) for k, v in parallel.to_host(out).items()}
           now = time.perf_counter()
           record["samples_per_s"] = (done - n_last) * int(config.batch_size) / max(
               now - t_last, 1e-9)
           record["learning_rate"] = float(lr_schedule(done))
-          record["skipped_steps"] = skipped = int(state.num_skipped)
+          record["skipped_steps"] = skipped = int(parallel.to_host(state.num_skipped))
           if skipped > skipped_before:
             bar.write(f"warning: {skipped} step(s) skipped so far for a non-finite loss or "
-                      f"gradients (first: step {int(state.bad_step)})", file=sys.stderr)
+                      f"gradients (first: step {int(parallel.to_host(state.bad_step))})",
+                      file=sys.stderr)
             skipped_before = skipped
           t_last, n_last = now, done
           bar.set_postfix(loss=f"{record['loss']:.4f}",
                           samples_s=f"{record['samples_per_s']:.0f}")
           if epoch_end:
-            val = jax.device_get(validate(learner, state, problem, val_batches,
-                                          int(config.num_steps)))
+            val = parallel.to_host(validate(learner, state, problem, val_batches,
+                                            int(config.num_steps)))
             record.update({k: float(v) for k, v in val.items()}, epoch=done // steps_per_epoch)
             bar.write(f"epoch {done // steps_per_epoch}/{config.num_epochs}: validation "
                       f"PA-MPJPE {record['val_pa_mpjpe_mm']:.1f} mm (start "
