@@ -686,19 +686,22 @@ def tune_smplify(problem: Problem, batch: training.Batch, num_steps: int, window
   return best, scores
 
 
+def config_pose_prior(config, log=None) -> GMMPrior:
+  """:func:`default_pose_prior` of a config's training poses: its AMASS training split, or the
+  synthetic sampler when it has no ``amass_dir``."""
+  poses = None
+  if config.amass_dir:
+    poses = np.asarray(training.load_pose_data(config)[0].poses)
+  return default_pose_prior(poses, log=log)
+
+
 def protocol_methods(restored, prior_scale: float = 1.0) -> dict:
   """The classical anchor for benchmark tables (:func:`lgd_jax.protocols.evaluate_dataset`'s
   ``extra_methods``): the SMPLify-style fit from the zero pose with SPIN's weights (scaled by
   ``prior_scale``; ground truth is never used to tune it on a benchmark), its iterations split
   half and half between the two stages, and the pose prior fitted to the checkpoint's training
   poses (:func:`default_pose_prior`)."""
-  config = restored.config
-  poses = None
-  if config.amass_dir:
-    train_src, _, _ = training.load_pose_data(config)
-    poses = np.asarray(train_src.poses)
-  prior = default_pose_prior(poses)
-  settings = {"prior_scale": float(prior_scale), "pose_prior": prior}
+  settings = {"prior_scale": float(prior_scale), "pose_prior": config_pose_prior(restored.config)}
 
   def smplify_fit(problem, kp2d, conf, num_steps):
     theta0 = jnp.zeros(kp2d.shape[:1] + (problem.num_params,), kp2d.dtype)

@@ -22,6 +22,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lgd_jax import parallel
+
 CHECKPOINT_SUBDIR = "checkpoints"
 # Unreadable checkpoints are moved here (never deleted), beside CHECKPOINT_SUBDIR.
 CORRUPT_SUBDIR = "checkpoints_corrupt"
@@ -53,16 +55,10 @@ def digest(tree) -> str:
   """SHA-256 over the arrays of ``tree`` (order, dtypes, shapes and bytes)."""
   h = hashlib.sha256()
   for leaf in jax.tree.leaves(tree):
-    a = _host(leaf)
+    a = parallel.to_host(leaf)
     h.update(f"{a.dtype}{a.shape}".encode())
     h.update(np.ascontiguousarray(a).tobytes())
   return h.hexdigest()
-
-
-def _host(x) -> np.ndarray:
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:  # replicated over processes
-    return np.asarray(x.addressable_data(0))
-  return np.asarray(jax.device_get(x))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, config) -> None:

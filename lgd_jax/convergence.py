@@ -184,13 +184,7 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
   log(f"convergence analysis of {r.path}: {sum(sizes)} held-out {name} samples, {num_iters} "
       f"iterations, training window N = {window}")
 
-  prior = None
-  if include_smplify:
-    train_poses = None  # the prior comes from the checkpoint's training poses
-    if r.config.amass_dir:
-      train_src, _, _ = training.load_pose_data(r.config)
-      train_poses = np.asarray(train_src.poses)
-    prior = baselines.default_pose_prior(train_poses, log=log)
+  prior = baselines.config_pose_prior(r.config, log=log) if include_smplify else None
   runner = _Runner(r, num_iters, prior)
 
   def starts_of(batch):

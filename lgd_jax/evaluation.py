@@ -178,10 +178,7 @@ def _classical(r, batches, tuning, sizes, window, num_steps, methods, settings, 
   settings["gd_ls"] = ls
   timing["gd_ls"] = time.perf_counter() - t0
   t0 = time.perf_counter()
-  poses = None
-  if r.config.amass_dir:
-    poses = np.asarray(training.load_pose_data(r.config)[0].poses)
-  prior = baselines.default_pose_prior(poses)
+  prior = baselines.config_pose_prior(r.config)
   best, scores = baselines.tune_smplify(r.problem, tuning, num_steps, min(window, num_steps),
                                         pose_prior=prior)
   sm = {"prior_scale": best, "pose_prior": prior}
