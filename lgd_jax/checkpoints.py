@@ -10,6 +10,7 @@ it when complete, so a process killed mid-save leaves the previous checkpoints u
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -73,10 +74,23 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config) -> None:
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, target):
   """Restores the state at ``step`` into the structure, shapes, dtypes and shardings of
-  ``target`` (unverified; see :func:`restore_verified`)."""
+  ``target`` (unverified; see :func:`restore_verified`).
+
+  A dataclass state whose optional fields are None (e.g. a TrainState without a fit buffer)
+  also restores from a checkpoint written before those fields existed.
+  """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  return restored["state"]
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return restored["state"]
+  except ValueError as e:
+    if not dataclasses.is_dataclass(target) or "MISSING" not in str(e):
+      raise
+  present = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(target)
+             if getattr(target, f.name) is not None}
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(present)))
+  return target.replace(**restored["state"])
 
 
 def _short(e: Exception) -> str:
@@ -167,7 +181,8 @@ def read_config(directory: Path, step: int) -> ml_collections.ConfigDict:
   try:
     mngr = manager_at(directory)
     raw = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    return ml_collections.ConfigDict(raw)
+    from lgd_jax.config import with_defaults
+    return with_defaults(raw)
   except Exception as e:  # orbax raises many types for a missing or damaged item
     raise CheckpointError(f"{where}: unreadable config ({' '.join(str(e).split())[:200]})") \
         from None
@@ -176,7 +191,9 @@ def read_config(directory: Path, step: int) -> ml_collections.ConfigDict:
 # Config fields that fix the shapes of the saved state: a checkpoint of another value cannot be
 # resumed or evaluated with this one.
 STRUCTURAL_FIELDS = ("num_betas", "keypoints", "fit_translation", "model.variant", "model.hidden",
-                     "model.num_blocks", "model.num_residual", "model.init", "model.features")
+                     "model.num_blocks", "model.num_residual", "model.init", "model.features",
+                     "model.norm", "model.gd_rate", "unroll.late_fraction",
+                     "unroll.buffer_rounds")
 
 
 def _get(config, dotted: str):

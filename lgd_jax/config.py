@@ -7,8 +7,9 @@ Fields (all overridable on the command line, ``--config.key=value``):
 * ``amass_dir``: a directory of AMASS ``.npz`` sequences; empty = the synthetic pose source.
   ``amass_fps`` (frame subsampling; 0 = every frame), ``amass_cache`` (preprocessed file; empty = next to the data
   or in ~/.cache), ``val_fraction`` (sequences held out, by a stable hash of their path).
-* ``keypoints``: keypoint set of the objective; ``objective_loss``: "l1" or "l2";
-  ``fit_translation``: add the camera translation (3) to Θ.
+* ``keypoints``: keypoint set of the objective; ``objective_loss``: "l1" (the official code's),
+  "l2" or "robust" (pseudo-Huber with ``objective_delta``, whose gradient vanishes at an exact
+  fit); ``fit_translation``: add the camera translation (3) to Θ.
 * ``batch_size``, ``num_epochs``, ``steps_per_epoch`` (synthetic source; AMASS derives it from its
   size), ``num_steps`` (N, the training window), ``seed``.
 * ``learning_rate``, ``lr_decay`` (factor per epoch; 1 = constant).
@@ -19,9 +20,17 @@ Fields (all overridable on the command line, ``--config.key=value``):
   (default: the update is not applied, training stops naming the step, the last good checkpoint
   stays) or "skip" (the batch is skipped and counted in ``skipped_steps``).
 * ``model``: the update network (``variant`` "paper" or "official", widths, dropout, output scale,
-  initial guess "zero" or "learned", input features, stopped gradient, scan unroll, dtype).
-* ``loss``: training-loss weights; ``augment``: root rotation ranges, keypoint drop probability,
-  translation ranges.
+  initial guess "zero" or "learned", input features, stopped gradient, scan unroll, dtype,
+  ``norm`` "batch" / "batch_per_step" / "layer" / "none", and the step's form: ``damping`` τ of a
+  harmonic step-size schedule, ``gate`` of the update by the gradient norm, ``gd_rate`` of a
+  learned preconditioned gradient term; 0 = off; see :class:`lgd_jax.lgd.Learner`).
+* ``unroll``: how training unrolls are drawn (see :class:`lgd_jax.training.UnrollSettings`):
+  ``length`` "fixed" (N steps, the paper's) / "uniform" / "log_uniform" in
+  [``min_steps``, ``max_steps``]; ``late_fraction`` of each batch continues stored fits
+  (``buffer_rounds``, ``max_age``); ``fixed_point_fraction`` starts near the truth
+  (``fixed_point_noise``); ``loss_gamma`` weighs the later states more.
+* ``loss``: training-loss weights (``update``: the update's size on fixed-point samples);
+  ``augment``: root rotation ranges, keypoint drop probability, translation ranges.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.keypoints = "coco18"
   c.objective_loss = "l1"
+  c.objective_delta = 0.01  # δ of the "robust" objective, in unit-box units (~3 px of 300)
   c.fit_translation = False
 
   c.batch_size = 1024
@@ -77,6 +87,21 @@ def base_config() -> ml_collections.ConfigDict:
   # program takes twice as long to compile (30 s vs 15 s) and is not faster here.
   c.model.unroll = 1
   c.model.dtype = "float32"
+  c.model.norm = "batch"
+  c.model.damping = 0.0
+  c.model.gate = 0.0
+  c.model.gd_rate = 0.0
+
+  c.unroll = ml_collections.ConfigDict()
+  c.unroll.length = "fixed"
+  c.unroll.min_steps = 1
+  c.unroll.max_steps = 0  # 0 = num_steps
+  c.unroll.late_fraction = 0.0
+  c.unroll.buffer_rounds = 8
+  c.unroll.max_age = 100
+  c.unroll.fixed_point_fraction = 0.0
+  c.unroll.fixed_point_noise = 0.05
+  c.unroll.loss_gamma = 1.0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.kp2d = 0.3
@@ -84,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.pose = 1.0
   c.loss.betas = 1.0
   c.loss.transl = 1.0
+  c.loss.update = 0.0
 
   c.augment = ml_collections.ConfigDict()
   c.augment.yaw_deg = 180.0
@@ -93,3 +119,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.depth_min = 4.0
   c.augment.depth_max = 8.0
   return c
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A config read back from a checkpoint, with the fields it predates set to their defaults.
+
+  Checkpoints written before a field existed keep working: the base config is updated by the
+  saved values, nested groups merged field by field; fields unknown to the base are kept.
+  """
+  merged = base_config().to_dict()
+
+  def merge(dst: dict, src: dict):
+    for k, v in src.items():
+      if isinstance(v, dict) and isinstance(dst.get(k), dict):
+        merge(dst[k], v)
+      else:
+        dst[k] = v
+
+  merge(merged, saved)
+  return ml_collections.ConfigDict(merged)

@@ -145,7 +145,8 @@ def _tune(runner: _Runner, method, grid, theta0, batch):
 
 def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
         num_samples: int = 256, batch_size: int = 256, log=print, data: str | None = None,
-        include_smplify: bool = True, overwrite: bool = False) -> dict:
+        include_smplify: bool = True, overwrite: bool = False,
+        methods: tuple[str, ...] | None = None, write_files: bool = True) -> dict:
   """Runs the convergence analysis and writes its figures, CSV and summary to ``out_dir``.
 
   Args:
@@ -158,6 +159,9 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
     data: ``--data`` of evaluate.py (None = the checkpoint's own pose data).
     include_smplify: add the SMPLify-style fit to the summary table.
     overwrite: replace an earlier analysis in ``out_dir`` (otherwise refused before any work).
+    methods: the methods to run (default: all of :data:`METHOD_LABELS`, SMPLify-style only with
+      ``include_smplify``); e.g. ("lgd",) for the learned curves alone.
+    write_files: write the figures, CSV and summary (otherwise only return the summary).
 
   Returns:
     The summary dictionary (also written as ``summary.json``), with per start and method the
@@ -169,7 +173,7 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
   if num_iters < 2:
     raise training.ConfigError(f"--steps: expected an integer >= 2, got {num_iters}")
   earlier = [f for f in ("summary.json", "convergence.csv") if os.path.exists(
-      os.path.join(out_dir, f))]
+      os.path.join(out_dir, f))] if write_files else []
   if earlier and not overwrite:
     raise training.ConfigError(f"{os.path.join(out_dir, earlier[0])}: the output directory holds "
                                "an earlier analysis; expected an empty directory or --overwrite")
@@ -184,7 +188,12 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
   log(f"convergence analysis of {r.path}: {sum(sizes)} held-out {name} samples, {num_iters} "
       f"iterations, training window N = {window}")
 
-  prior = baselines.config_pose_prior(r.config, log=log) if include_smplify else None
+  methods = list(methods) if methods is not None else \
+      ["lgd", "gd", "gd_ls", "adam"] + (["smplify"] if include_smplify else [])
+  unknown = [m for m in methods if m not in METHOD_LABELS]
+  if unknown:
+    raise ValueError(f"methods: unknown {unknown}, expected names from {tuple(METHOD_LABELS)}")
+  prior = baselines.config_pose_prior(r.config, log=log) if "smplify" in methods else None
   runner = _Runner(r, num_iters, prior)
 
   def starts_of(batch):
@@ -194,7 +203,6 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
 
   tuning_starts = starts_of(tuning)
   batch_starts = [starts_of(b) for b in batches]
-  methods = ["lgd", "gd", "gd_ls", "adam"] + (["smplify"] if include_smplify else [])
   grids = {"gd": evaluation.GD_STEP_SIZES, "adam": evaluation.ADAM_LEARNING_RATES,
            "smplify": baselines.PRIOR_SCALES}
 
@@ -209,7 +217,7 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
         setting, scores = _tune(runner, method, grids[method], tuning_starts[start], tuning)
         settings[start][method] = {"value": setting, "tuning_pa_mpjpe_mm": scores}
       elif method == "gd_ls":
-        setting = settings[start]["gd"]["value"]
+        setting = settings[start].get("gd", {}).get("value", baselines.GD_LS_INIT_STEP)
         settings[start][method] = {"value": setting, "note": "initial step = tuned GD step"}
       per_batch, seconds, infos = [], 0.0, []
       for b, st in zip(batches, batch_starts):
@@ -239,7 +247,8 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
                       "(compilation, tuning and metrics excluded), on "
                       f"{jax.devices()[0].platform}"),
   }
-  write(summary, out_dir)
+  if write_files:
+    write(summary, out_dir)
   return summary
 
 

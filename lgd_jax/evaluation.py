@@ -51,7 +51,7 @@ def restore(ckpt: str | os.PathLike) -> Restored:
   problem = training.make_problem(config, model)
   learner = training.make_learner(config, problem)
   tx = training.make_optimizer(config, 1)
-  template = training.init_state(learner, problem, tx, int(config.seed))
+  template = training.new_state(config, learner, problem, tx)
   state = checkpoints.restore_verified(checkpoints.manager_at(directory), step, template)
   # Replicated over every device: evaluation, benchmarks and detection fitting split their
   # batches over the same mesh (parallel.shard_batch).

@@ -8,6 +8,7 @@ trajectory. Classical optimisers on the same objective (:func:`run_optimizer`) r
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import flax.linen as nn
@@ -45,6 +46,21 @@ class Trajectory(NamedTuple):
 class Learner(flax.struct.PyTreeNode):
   """The learned optimiser's static structure.
 
+  One step is Θ_{n+1} = Θ_n + s_n · g(∂L/∂Θ_n) · N_w(features_n) - α ⊙ ∂L/∂Θ_n, where
+
+  * s_n = ``output_scale`` · τ / (τ + n) with τ = ``damping`` (no damping when 0): a scheduled
+    step size that shrinks with the iteration n (learned optimisers scale their outputs by small
+    multipliers, google/learned_optimization ``mlp_lopt.py``; a harmonic schedule keeps the sum
+    of steps unbounded, so the fit can still go anywhere, while the steps themselves vanish);
+  * g(·) = tanh(||∂L/∂Θ_n|| / ``gate``) when ``gate`` > 0, else 1: the network's update is
+    switched off where the gradient vanishes, so an exact fit is a fixed point by construction
+    (as LVD's field is zero at its solution; with the robust or L2 objective only);
+  * α = exp(learned log-rates) per parameter when ``gd_rate`` > 0 (initialised at ``gd_rate``),
+    else 0: a learned, diagonally preconditioned gradient step beside the network, the "nominal"
+    descent term that keeps a learned optimiser descending where its network is unsure (Metz et
+    al. 2022, "Practical tradeoffs between memory, compute, and performance in learned
+    optimizers"; Heaton et al. 2020, "Safeguarded learned convex optimization").
+
   Attributes:
     update_net: the network N_w; maps features (B, F) to updates (B, P).
     init_net: None to start from Θ_0 = 0 (the zero pose and mean shape), or a network that
@@ -55,6 +71,10 @@ class Learner(flax.struct.PyTreeNode):
       through it (second-order terms) when the training loss is differentiated.
     grad_scale: multiplies the gradient feature.
     unroll: lax.scan's unroll factor.
+    damping: τ of the step-size schedule (0: constant).
+    gate: gradient-norm scale of the update's gate (0: no gate).
+    gd_rate: initial rate of the learned gradient term (0: no such term).
+    step_input: the update network takes the step index (per-step BatchNorm).
   """
 
   update_net: nn.Module = flax.struct.field(pytree_node=False)
@@ -65,6 +85,10 @@ class Learner(flax.struct.PyTreeNode):
   stop_gradient: bool = flax.struct.field(pytree_node=False, default=True)
   grad_scale: float = flax.struct.field(pytree_node=False, default=1.0)
   unroll: int = flax.struct.field(pytree_node=False, default=1)
+  damping: float = flax.struct.field(pytree_node=False, default=0.0)
+  gate: float = flax.struct.field(pytree_node=False, default=0.0)
+  gd_rate: float = flax.struct.field(pytree_node=False, default=0.0)
+  step_input: bool = flax.struct.field(pytree_node=False, default=False)
 
   def init(self, rng, problem: Problem, batch: int = 2):
     """Network variables {"params", "batch_stats"} for ``problem``."""
@@ -74,7 +98,8 @@ class Learner(flax.struct.PyTreeNode):
     conf = jnp.ones((batch, k))
     theta = jnp.zeros((batch, problem.num_params))
     feats = _features(self, kp2d, conf, theta, theta)
-    upd = self.update_net.init({"params": r_upd, "dropout": r_upd}, feats, train=False)
+    upd = self.update_net.init({"params": r_upd, "dropout": r_upd}, feats, train=False,
+                               **self._step_kwargs(0))
     params = {"update": upd["params"]}
     stats = {"update": upd.get("batch_stats", {})}
     if self.init_net is not None:
@@ -82,7 +107,13 @@ class Learner(flax.struct.PyTreeNode):
                                train=False)
       params["init"] = ini["params"]
       stats["init"] = ini.get("batch_stats", {})
+    if self.gd_rate > 0:
+      params["gd"] = {"log_rate": jnp.full((problem.num_params,), math.log(self.gd_rate),
+                                           jnp.float32)}
     return {"params": params, "batch_stats": stats}
+
+  def _step_kwargs(self, step):
+    return {"step": step} if self.step_input else {}
 
 
 def _features(learner: Learner, kp2d, conf, theta, grad):
@@ -94,12 +125,12 @@ def _features(learner: Learner, kp2d, conf, theta, grad):
   return jnp.concatenate([parts[name]() for name in learner.features], -1)
 
 
-def _apply(net, params, stats, x, train, rng):
+def _apply(net, params, stats, x, train, rng, **kwargs):
   variables = {"params": params, "batch_stats": stats}
   if not train:
-    return net.apply(variables, x, train=False), stats
+    return net.apply(variables, x, train=False, **kwargs), stats
   out, updated = net.apply(variables, x, train=True, rngs={"dropout": rng},
-                           mutable=["batch_stats"])
+                           mutable=["batch_stats"], **kwargs)
   return out, updated["batch_stats"]
 
 
@@ -115,20 +146,55 @@ def initial_guess(learner: Learner, variables, problem: Problem, kp2d, conf, tra
   return theta0, {**stats, "init": init_stats}
 
 
-def _evaluate(problem, theta, kp2d, conf):
-  """The gradient at Θ_n and the trajectory entry of step n (theta, loss, |grad|, kp3d, kp2d)."""
+def evaluate_state(problem, theta, kp2d, conf):
+  """The gradient at Θ_n and the trajectory entry of that state.
+
+  Returns:
+    (grad (B, P), (theta, loss (B,), |grad| (B,), kp3d (B, K, 3), pred2d (B, K, 2))): the
+    objective's value and gradient and the record of step n, in :class:`Trajectory`'s order.
+  """
   loss, (kp3d, pred2d), grad = objective.value_and_grad(problem, theta, kp2d, conf)
   return grad, (theta, loss, jnp.linalg.norm(grad, axis=-1), kp3d, pred2d)
 
 
-def _trajectory(problem, hist, theta, kp2d, conf) -> Trajectory:
-  """The scanned steps 0..M-1 followed by the final state M."""
-  _, last = _evaluate(problem, theta, kp2d, conf)
+def finish_trajectory(problem, hist, theta, kp2d, conf) -> Trajectory:
+  """The scanned records of steps 0..M-1 followed by the final state M's."""
+  _, last = evaluate_state(problem, theta, kp2d, conf)
   return Trajectory(*jax.tree.map(lambda h, l: jnp.concatenate([h, l[None]], 0), hist, last))
 
 
+# Old private names, used by code written before the public ones.
+_evaluate = evaluate_state
+_trajectory = finish_trajectory
+
+
+def learned_step(learner: Learner, params, stats, problem: Problem, theta, grad, kp2d, conf,
+                 iteration, train: bool, rng, scan_step=0):
+  """One learned update from Θ_n with gradient ``grad``; returns (Θ_{n+1}, updated stats).
+
+  Args:
+    iteration: (B,) or scalar iteration index n of each sample (the step-size schedule's n).
+    scan_step: the step index within this call's unroll (per-step BatchNorm's row).
+  """
+  g = jax.lax.stop_gradient(grad) if learner.stop_gradient else grad
+  feats = _features(learner, kp2d, conf, theta, g)
+  delta, stats = _apply(learner.update_net, params["update"], stats, feats, train, rng,
+                        **learner._step_kwargs(scan_step))
+  scale = jnp.full(theta.shape[:1], learner.output_scale, theta.dtype)
+  if learner.damping > 0:
+    n = jnp.broadcast_to(jnp.asarray(iteration, theta.dtype), theta.shape[:1])
+    scale = scale * learner.damping / (learner.damping + n)
+  if learner.gate > 0:
+    scale = scale * jnp.tanh(jnp.linalg.norm(g, axis=-1) / learner.gate)
+  new = theta + scale[:, None] * delta
+  if learner.gd_rate > 0:
+    new = new - jnp.exp(params["gd"]["log_rate"]) * g
+  return new, stats
+
+
 def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
-        num_steps: int, train: bool = False, rng=None, theta0: jnp.ndarray | None = None):
+        num_steps: int, train: bool = False, rng=None, theta0: jnp.ndarray | None = None,
+        active_steps=None, start_iteration=None):
   """Runs ``num_steps`` learned updates on a batch.
 
   Args:
@@ -141,6 +207,12 @@ def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: 
     train: batch statistics from the batch (and updated), dropout on.
     rng: dropout key when ``train``.
     theta0: optional (B, P) starting point instead of the learner's initial guess.
+    active_steps: optional scalar or (B,) number of steps actually taken (traced, <= M): step n
+      is applied only where n < active_steps, later states repeat the last one, and batch
+      statistics are not updated by the masked steps. A varying unroll length therefore never
+      changes the compiled program.
+    start_iteration: optional (B,) iteration index of Θ_0 (a fit continued from a stored state
+      starts at its age), for the step-size schedule; default 0.
 
   Returns:
     (:class:`Trajectory` over steps 0..M, updated batch_stats).
@@ -150,20 +222,90 @@ def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: 
   stats = variables["batch_stats"]
   if theta0 is None:
     theta0, stats = initial_guess(learner, variables, problem, kp2d, conf, train, r_init)
-  params = variables["params"]["update"]
+  params = variables["params"]
+  b = kp2d.shape[0]
+  first = jnp.zeros((b,), jnp.int32) if start_iteration is None else start_iteration
 
   def step(carry, i):
     theta, upd_stats = carry
-    grad, out = _evaluate(problem, theta, kp2d, conf)
-    g = jax.lax.stop_gradient(grad) if learner.stop_gradient else grad
-    feats = _features(learner, kp2d, conf, theta, g)
-    delta, upd_stats = _apply(learner.update_net, params, upd_stats, feats, train,
-                              jax.random.fold_in(r_steps, i))
-    return (theta + learner.output_scale * delta, upd_stats), out
+    grad, out = evaluate_state(problem, theta, kp2d, conf)
+    new, new_stats = learned_step(learner, params, upd_stats, problem, theta, grad, kp2d, conf,
+                                  first + i, train, jax.random.fold_in(r_steps, i), i)
+    if active_steps is not None:
+      on = jnp.broadcast_to(i < active_steps, (b,))
+      new = jnp.where(on[:, None], new, theta)
+      any_on = jnp.any(on)
+      new_stats = jax.tree.map(lambda a, o: jnp.where(any_on, a, o), new_stats, upd_stats)
+    return (new, new_stats), out
 
   (theta, upd_stats), hist = jax.lax.scan(step, (theta0, stats["update"]), jnp.arange(num_steps),
                                           unroll=max(1, min(learner.unroll, num_steps)))
-  return _trajectory(problem, hist, theta, kp2d, conf), {**stats, "update": upd_stats}
+  return finish_trajectory(problem, hist, theta, kp2d, conf), {**stats, "update": upd_stats}
+
+
+class StopRecord(NamedTuple):
+  """Where :func:`fit_until_converged` stopped each sample.
+
+  Attributes:
+    steps: (B,) the iteration at which the sample stopped (its final state is Θ_steps).
+    converged: (B,) whether the stopping rule fired (False: it ran the M steps).
+    num_iterations: () iterations the batch ran (the slowest sample's stop).
+  """
+
+  steps: jnp.ndarray
+  converged: jnp.ndarray
+  num_iterations: jnp.ndarray
+
+
+def fit_until_converged(learner: Learner, variables, problem: Problem, kp2d, conf,
+                        max_steps: int, tol: float = 1e-4, min_steps: int = 1,
+                        theta0: jnp.ndarray | None = None, abs_tol: float = 1e-7):
+  """Learned updates until each sample's objective stops changing (inference mode).
+
+  Sample b stops at the first iteration n >= ``min_steps`` with
+  |L(Θ_n) - L(Θ_{n-1})| <= ``tol`` · L(Θ_{n-1}) (or L(Θ_n) <= ``abs_tol``), or at ``max_steps``;
+  from then on its state is frozen. The loop (a ``lax.while_loop``) ends when every sample has
+  stopped, so a converging batch costs only the iterations it needs.
+
+  Returns:
+    (:class:`Trajectory` over steps 0..max_steps — a stopped sample's later entries repeat its
+    final state —, :class:`StopRecord`).
+  """
+  if max_steps < 1:
+    raise ValueError(f"max_steps: expected a positive integer, got {max_steps}")
+  stats = variables["batch_stats"]
+  if theta0 is None:
+    theta0, stats = initial_guess(learner, variables, problem, kp2d, conf)
+  params = variables["params"]
+  b = kp2d.shape[0]
+  grad0, rec0 = evaluate_state(problem, theta0, kp2d, conf)
+  hist = jax.tree.map(lambda r: jnp.zeros((max_steps + 1,) + r.shape, r.dtype).at[0].set(r),
+                      rec0)
+
+  def cond(s):
+    n, _, _, done, *_ = s
+    return (n < max_steps) & ~jnp.all(done)
+
+  def body(s):
+    n, theta, grad, done, stop, hist = s
+    new, _ = learned_step(learner, params, stats["update"], problem, theta, grad, kp2d, conf, n,
+                          False, None, n)
+    new = jnp.where(done[:, None], theta, new)
+    new_grad, rec = evaluate_state(problem, new, kp2d, conf)
+    prev_loss = hist[1][n]
+    rel = jnp.abs(rec[1] - prev_loss) <= tol * prev_loss
+    now = ~done & (n + 1 >= min_steps) & (rel | (rec[1] <= abs_tol))
+    stop = jnp.where(now, n + 1, stop)
+    hist = jax.tree.map(lambda h, r: h.at[n + 1].set(r), hist, rec)
+    return n + 1, new, new_grad, done | now, stop, hist
+
+  init = (jnp.int32(0), theta0, grad0, jnp.zeros((b,), bool), jnp.full((b,), max_steps, jnp.int32),
+          hist)
+  n, theta, _, done, stop, hist = jax.lax.while_loop(cond, body, init)
+  # Steps after the loop ended repeat the final state.
+  idx = jnp.minimum(jnp.arange(max_steps + 1), n)
+  hist = jax.tree.map(lambda h: h[idx], hist)
+  return Trajectory(*hist), StopRecord(stop, done, n)
 
 
 def run_optimizer(problem: Problem, tx: optax.GradientTransformation, theta0: jnp.ndarray,
@@ -179,10 +321,10 @@ def run_optimizer(problem: Problem, tx: optax.GradientTransformation, theta0: jn
 
   def step(carry, _):
     theta, state = carry
-    grad, out = _evaluate(problem, theta, kp2d, conf)
+    grad, out = evaluate_state(problem, theta, kp2d, conf)
     updates, state = tx.update(grad, state, theta)
     return (optax.apply_updates(theta, updates), state), out
 
   (theta, _), hist = jax.lax.scan(step, (theta0, tx.init(theta0)), None, length=num_steps,
                                   unroll=max(1, min(unroll, num_steps)))
-  return _trajectory(problem, hist, theta, kp2d, conf)
+  return finish_trajectory(problem, hist, theta, kp2d, conf)

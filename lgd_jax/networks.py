@@ -9,6 +9,17 @@ Two variants share one interface, ``__call__(features, train) -> ΔΘ``:
 
 Layers follow PyTorch's defaults where they differ from Flax's, so that a PyTorch twin can be set
 to the same function: PReLU starts at 0.25, BatchNorm uses momentum 0.1 (Flax: 0.9) and eps 1e-5.
+
+The normalisation layer of every block is a choice (``norm``, see :data:`NORMS`):
+
+* "batch" — BatchNorm, one set of statistics shared by every update step (the paper's and the
+  official code's): at inference the running averages of the training steps' mixture serve
+  every step, also those far beyond the training window;
+* "batch_per_step" — BatchNorm with running statistics per step index n (the batch statistics
+  of step n in training; at inference step n uses those of min(n, num_slots - 1)), the
+  per-time-step statistics of recurrent BatchNorm (Cooijmans et al., ICLR 2017);
+* "layer" — LayerNorm: per sample, no batch statistics, the same function at every step;
+* "none" — no normalisation.
 """
 
 from __future__ import annotations
@@ -16,10 +27,63 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 BN_MOMENTUM = 0.9  # Flax's running-average decay; PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
+NORMS = ("batch", "batch_per_step", "layer", "none")
+STEP_SLOTS = 16  # "batch_per_step": running statistics kept for steps 0..STEP_SLOTS-1
+
+
+class StepBatchNorm(nn.Module):
+  """BatchNorm whose running statistics are kept per update step (rows of a (slots, F) table).
+
+  In training the batch's statistics normalise and update row ``min(step, slots - 1)``; at
+  inference that row's running averages normalise. ``step`` may be traced.
+  """
+
+  use_running_average: bool
+  slots: int = STEP_SLOTS
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x, step):
+    f = x.shape[-1]
+    mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((self.slots, f), jnp.float32))
+    var = self.variable("batch_stats", "var", lambda: jnp.ones((self.slots, f), jnp.float32))
+    scale = self.param("scale", nn.initializers.ones, (f,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (f,), jnp.float32)
+    row = jnp.clip(jnp.asarray(step, jnp.int32), 0, self.slots - 1)
+    xf = x.astype(jnp.float32)
+    if self.use_running_average:
+      m, v = mean.value[row], var.value[row]
+    else:
+      m = jnp.mean(xf, axis=0)
+      v = jnp.mean(jnp.square(xf - m), axis=0)
+      if not self.is_initializing():
+        mean.value = mean.value.at[row].set(self.momentum * mean.value[row] + (1 - self.momentum) * m)
+        var.value = var.value.at[row].set(self.momentum * var.value[row] + (1 - self.momentum) * v)
+    y = (xf - m) * jax.lax.rsqrt(v + self.epsilon) * scale + bias
+    return y.astype(x.dtype if self.dtype is None else self.dtype)
+
+
+def normalisation(kind: str, train: bool, step, dtype):
+  """The block's normalisation layer as a function of x (see :data:`NORMS`)."""
+  if kind == "batch":
+    bn = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                      dtype=dtype)
+    return bn
+  if kind == "batch_per_step":
+    sbn = StepBatchNorm(not train, dtype=dtype)
+    return lambda x: sbn(x, step)
+  if kind == "layer":
+    return nn.LayerNorm(epsilon=BN_EPSILON, dtype=dtype)
+  if kind == "none":
+    return lambda x: x
+  raise ValueError(f"norm: expected one of {NORMS}, got {kind!r}")
 
 
 class PReLU(nn.Module):
@@ -39,12 +103,12 @@ class DenseBlock(nn.Module):
   features: int
   dropout: float = 0.2
   dtype: jnp.dtype | None = None
+  norm: str = "batch"
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, step=0):
     x = nn.Dense(self.features, dtype=self.dtype)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=self.dtype)(x)
+    x = normalisation(self.norm, train, step, self.dtype)(x)
     x = PReLU()(x)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
 
@@ -58,11 +122,12 @@ class PaperUpdateNet(nn.Module):
   dropout: float = 0.2
   out_init_scale: float = 1.0
   dtype: jnp.dtype | None = None
+  norm: str = "batch"
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, step=0):
     for _ in range(self.num_blocks):
-      x = DenseBlock(self.hidden, self.dropout, self.dtype)(x, train)
+      x = DenseBlock(self.hidden, self.dropout, self.dtype, self.norm)(x, train, step)
     return _output(self.out, self.out_init_scale, self.dtype)(x).astype(jnp.float32)
 
 
@@ -76,13 +141,15 @@ class ResidualMLP(nn.Module):
   dropout: float = 0.2
   out_init_scale: float = 1.0
   dtype: jnp.dtype | None = None
+  norm: str = "batch"
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    x = DenseBlock(self.hidden, self.dropout, self.dtype)(x, train)
+  def __call__(self, x, train: bool, step=0):
+    block = lambda: DenseBlock(self.hidden, self.dropout, self.dtype, self.norm)  # noqa: E731
+    x = block()(x, train, step)
     for _ in range(self.num_residual):
-      y = DenseBlock(self.hidden, self.dropout, self.dtype)(x, train)
-      x = x + DenseBlock(self.hidden, self.dropout, self.dtype)(y, train)
+      y = block()(x, train, step)
+      x = x + block()(y, train, step)
     return _output(self.out, self.out_init_scale, self.dtype)(x).astype(jnp.float32)
 
 
@@ -95,11 +162,12 @@ class OfficialUpdateNet(nn.Module):
   dropout: float = 0.2
   out_init_scale: float = 1.0
   dtype: jnp.dtype | None = None
+  norm: str = "batch"
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, step=0):
     outs = [ResidualMLP(n, self.hidden, self.num_residual, self.dropout, self.out_init_scale,
-                        self.dtype, name=f"head{i}")(x, train)
+                        self.dtype, self.norm, name=f"head{i}")(x, train, step)
             for i, n in enumerate(self.out_sizes)]
     return jnp.concatenate(outs, -1)
 

@@ -4,7 +4,13 @@ The parameters Θ of one sample are a flat vector ``[pose (72), betas (B), trans
 so that the update network, gradient descent and Adam all act on the same array. The objective is
 the official code's: 2D keypoints rendered by a pinhole camera, normalised to the unit box of the
 visible joints (or, when the camera translation is fitted, to the camera's image plane), compared
-with the target by a confidence-weighted L1 (or L2) mean. No priors.
+with the target by a confidence-weighted mean of a per-coordinate penalty. No priors.
+
+Penalties (``loss``): "l1" |d| (the official code's), "l2" d², and "robust", the pseudo-Huber
+(Charbonnier) penalty δ·(sqrt(1 + (d/δ)²) - 1): |d| - δ for residuals well above δ, so it is as
+robust to outliers and swapped joints as L1, and d²/(2δ) below δ, so its gradient vanishes at an
+exact fit and "the gradient is small" means "the fit is tight" (it does not for L1, whose
+gradient keeps a magnitude of order 1 however close the fit).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from lgd_jax import body, camera
 from lgd_jax.body.model import NUM_POSE
 
 # Weights of the training loss's 3D keypoint term, by keypoint name (official code, COCO-18).
+LOSSES = ("l1", "l2", "robust")
+# δ of the robust penalty: 0.01 of the unit box, about 3 px for a person 300 px tall.
+ROBUST_DELTA = 0.01
 _JOINT_WEIGHTS = {"wrist": 8.0, "ankle": 8.0, "elbow": 4.0, "knee": 4.0, "shoulder": 2.0,
                   "hip": 2.0}
 
@@ -32,7 +41,8 @@ class Problem:
     model: the body model (arrays traced).
     camera: the camera that renders the keypoints.
     kpset: keypoint set name, e.g. "coco18" (static).
-    loss: "l1" or "l2" (static).
+    loss: "l1", "l2" or "robust" (static).
+    delta: δ of the robust penalty, in the objective's normalised units (static).
     fit_translation: whether Θ ends with a camera translation (static); then the 2D keypoints are
       normalised by the camera intrinsics instead of the unit box, so that depth is observable.
   """
@@ -41,6 +51,7 @@ class Problem:
   camera: camera.Camera
   kpset: str = flax.struct.field(pytree_node=False, default="coco18")
   loss: str = flax.struct.field(pytree_node=False, default="l1")
+  delta: float = flax.struct.field(pytree_node=False, default=ROBUST_DELTA)
   fit_translation: bool = flax.struct.field(pytree_node=False, default=False)
 
   @property
@@ -57,13 +68,16 @@ class Problem:
 
 
 def make_problem(model: body.BodyModel, kpset: str = "coco18", loss: str = "l1",
-                 fit_translation: bool = False, cam: camera.Camera | None = None) -> Problem:
+                 fit_translation: bool = False, cam: camera.Camera | None = None,
+                 delta: float = ROBUST_DELTA) -> Problem:
   """A :class:`Problem` with the official camera unless another is given."""
-  if loss not in ("l1", "l2"):
-    raise ValueError(f"loss: expected 'l1' or 'l2', got {loss!r}")
+  if loss not in LOSSES:
+    raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+  if not delta > 0:
+    raise ValueError(f"delta: expected a positive number, got {delta!r}")
   body.get_keypoint_set(kpset)  # fails early on an unknown name
   return Problem(model, camera.official_camera() if cam is None else cam, kpset, loss,
-                 fit_translation)
+                 float(delta), fit_translation)
 
 
 class Params(NamedTuple):
@@ -119,13 +133,21 @@ def objective(problem: Problem, theta: jnp.ndarray, kp2d: jnp.ndarray, conf: jnp
 
   Returns:
     (loss, (kp3d (K, 3), pred2d (K, 2))): the mean over keypoints and coordinates of
-    conf * |pred - target| (or its square), as the official code's weighted L1 per sample.
+    conf * penalty(pred - target), for L1 the official code's weighted L1 per sample.
   """
   kp3d = keypoints_3d(problem, theta)
   pred = to_2d(problem, kp3d, conf)
-  diff = pred - kp2d
-  err = jnp.abs(diff) if problem.loss == "l1" else jnp.square(diff)
+  err = penalty(pred - kp2d, problem.loss, problem.delta)
   return jnp.mean(conf[:, None] * err), (kp3d, pred)
+
+
+def penalty(diff: jnp.ndarray, loss: str, delta: float = ROBUST_DELTA) -> jnp.ndarray:
+  """The per-coordinate penalty of residuals ``diff`` (see the module docstring)."""
+  if loss == "l1":
+    return jnp.abs(diff)
+  if loss == "l2":
+    return jnp.square(diff)
+  return delta * (jnp.sqrt(1.0 + jnp.square(diff / delta)) - 1.0)
 
 
 def value_and_grad(problem: Problem, theta: jnp.ndarray, kp2d: jnp.ndarray, conf: jnp.ndarray):

@@ -51,8 +51,15 @@ def load_body_model(config) -> body.BodyModel:
 
 
 def make_problem(config, model: body.BodyModel) -> Problem:
+  """The config's fitting problem (keypoint set, inner objective, translation)."""
+  if config.objective_loss not in objective.LOSSES:
+    raise ConfigError(f"objective_loss: expected one of {objective.LOSSES}, got "
+                      f"{config.objective_loss!r}")
+  delta = float(config.get("objective_delta", objective.ROBUST_DELTA))
+  if not delta > 0:
+    raise ConfigError(f"objective_delta: expected a positive number, got {delta!r}")
   return objective.make_problem(model, config.keypoints, config.objective_loss,
-                                config.fit_translation)
+                                config.fit_translation, delta=delta)
 
 
 _VARIANT_FEATURES = {"paper": ("kp2d", "conf", "theta", "grad"),
@@ -71,14 +78,20 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
   if unknown:
     raise ConfigError(f"model.features: unknown {unknown}, expected names from {lgd.FEATURES}")
   sizes = (NUM_POSE, problem.num_betas) + ((3,) if problem.fit_translation else ())
+  norm = m.get("norm", "batch")
+  if norm not in networks.NORMS:
+    raise ConfigError(f"model.norm: expected one of {networks.NORMS}, got {norm!r}")
   if m.variant == "paper":
     net = networks.PaperUpdateNet(problem.num_params, m.hidden, m.num_blocks, m.dropout,
-                                  m.out_init_scale, dtype)
+                                  m.out_init_scale, dtype, norm)
   elif m.variant == "official":
     net = networks.OfficialUpdateNet(sizes, m.hidden, m.num_residual, m.dropout,
-                                     m.out_init_scale, dtype)
+                                     m.out_init_scale, dtype, norm)
   else:
     raise ConfigError(f"model.variant: expected 'paper' or 'official', got {m.variant!r}")
+  for name in ("damping", "gate", "gd_rate"):
+    if float(m.get(name, 0.0)) < 0:
+      raise ConfigError(f"model.{name}: expected a number >= 0, got {m[name]!r}")
   if m.init == "zero":
     init_net = None
   elif m.init == "learned":
@@ -87,7 +100,8 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
   else:
     raise ConfigError(f"model.init: expected 'zero' or 'learned', got {m.init!r}")
   return lgd.Learner(net, init_net, features, m.output_scale, m.stop_gradient, m.grad_scale,
-                     m.unroll)
+                     m.unroll, float(m.get("damping", 0.0)), float(m.get("gate", 0.0)),
+                     float(m.get("gd_rate", 0.0)), norm == "batch_per_step")
 
 
 def check_config(config) -> None:
@@ -109,6 +123,7 @@ def check_config(config) -> None:
     raise ConfigError(f"on_nonfinite: expected 'stop' or 'skip', got {config.on_nonfinite!r}")
   if not config.amass_dir and int(config.steps_per_epoch) < 1:
     raise ConfigError(f"steps_per_epoch: expected a positive integer, got {config.steps_per_epoch!r}")
+  unroll_settings(config)  # checks the unroll group
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,14 +199,214 @@ def make_batch(problem: Problem, source: PoseSource, key, n: int, aug) -> Batch:
 
 
 # ----------------------------------------------------------------------------------------------
+# How the training unrolls are drawn: their length, continued fits and fixed-point samples.
+
+UNROLL_LENGTHS = ("fixed", "uniform", "log_uniform")
+
+
+class UnrollSettings(NamedTuple):
+  """The static description of a training unroll (see the ``unroll`` config group).
+
+  Attributes:
+    length: "fixed" (always N = ``num_steps``), "uniform" or "log_uniform" over
+      [min_steps, max_steps], one length per batch.
+    min_steps, max_steps: the range of a sampled length; the scan always runs ``max_steps``
+      steps and masks those past the sampled length, so the length never recompiles the step.
+    late: samples per batch that continue a stored fit (the buffer); 0 = none.
+    rounds: the buffer holds ``late`` × ``rounds`` fits, visited in turn.
+    max_age: a stored fit that has run this many iterations is replaced by a fresh one.
+    fixed_point: samples per batch that start near their own ground truth.
+    fixed_point_noise: standard deviation of that start's offset (radians for the pose, units
+      of β for the shape).
+    gamma: weight of the state after k of n steps: gamma^(n - k) (1 = the mean over the steps).
+  """
+
+  length: str
+  min_steps: int
+  max_steps: int
+  late: int
+  rounds: int
+  max_age: int
+  fixed_point: int
+  fixed_point_noise: float
+  gamma: float
+
+  @property
+  def scan_steps(self) -> int:
+    return self.max_steps
+
+  @property
+  def buffer_size(self) -> int:
+    return self.late * self.rounds
+
+
+def unroll_settings(config) -> UnrollSettings:
+  """The :class:`UnrollSettings` of ``config`` (defaults: the published fixed N-step unroll)."""
+  u = config.get("unroll", ml_collections.ConfigDict())
+  n = int(config.num_steps)
+  length = u.get("length", "fixed")
+  if length not in UNROLL_LENGTHS:
+    raise ConfigError(f"unroll.length: expected one of {UNROLL_LENGTHS}, got {length!r}")
+  max_steps = int(u.get("max_steps", 0)) or n
+  min_steps = int(u.get("min_steps", 1))
+  if length == "fixed":
+    min_steps = max_steps = n
+  if not 1 <= min_steps <= max_steps:
+    raise ConfigError(f"unroll.min_steps, unroll.max_steps: expected 1 <= min_steps <= max_steps, "
+                      f"got {min_steps} and {max_steps}")
+  b = int(config.batch_size)
+  fractions = {k: float(u.get(k, 0.0)) for k in ("late_fraction", "fixed_point_fraction")}
+  for k, v in fractions.items():
+    if not 0.0 <= v < 1.0:
+      raise ConfigError(f"unroll.{k}: expected a fraction in [0, 1), got {v!r}")
+  late = int(round(fractions["late_fraction"] * b))
+  fixed = int(round(fractions["fixed_point_fraction"] * b))
+  if late + fixed >= b:
+    raise ConfigError(f"unroll.late_fraction + unroll.fixed_point_fraction: expected a sum below "
+                      f"1 (they leave no fresh samples in a batch of {b})")
+  rounds = int(u.get("buffer_rounds", 8))
+  max_age = int(u.get("max_age", 100))
+  if late and (rounds < 1 or max_age < 1):
+    raise ConfigError(f"unroll.buffer_rounds, unroll.max_age: expected positive integers, got "
+                      f"{rounds} and {max_age}")
+  gamma = float(u.get("loss_gamma", 1.0))
+  if not gamma > 0:
+    raise ConfigError(f"unroll.loss_gamma: expected a positive number, got {gamma!r}")
+  return UnrollSettings(length, min_steps, max_steps, late, rounds, max_age, fixed,
+                        float(u.get("fixed_point_noise", 0.05)), gamma)
+
+
+def sample_length(key, u: UnrollSettings):
+  """The number of steps of this batch's unroll: a traced int32 scalar in [min, max]."""
+  if u.length == "fixed" or u.min_steps == u.max_steps:
+    return jnp.int32(u.max_steps)
+  if u.length == "uniform":
+    return jax.random.randint(key, (), u.min_steps, u.max_steps + 1)
+  lo, hi = math.log(u.min_steps), math.log(u.max_steps + 1)
+  n = jnp.floor(jnp.exp(jax.random.uniform(key, (), minval=lo, maxval=hi))).astype(jnp.int32)
+  return jnp.clip(n, u.min_steps, u.max_steps)
+
+
+class FitBuffer(flax.struct.PyTreeNode):
+  """Fits in progress, continued by later train steps (device-resident, checkpointed).
+
+  Each slot holds a training sample (its ground truth and 2D input) and the state Θ its fit has
+  reached after ``age`` learned iterations; ``age`` < 0 marks an empty slot. Train step t visits
+  the slots [(t mod rounds) · late, +late): a slot that is empty or older than ``max_age`` takes a
+  fresh sample, the others continue from their stored state, and the state reached is written
+  back. So the network is trained on the states of iterations 0..max_age of its own fits, the
+  "never-ending" persistent unrolls of learned-optimiser training (google/learned_optimization's
+  truncated unrolls of persistent inner problems; Metz et al. 2019 on truncation bias).
+  """
+
+  theta_gt: jnp.ndarray  # (S, P)
+  kp3d: jnp.ndarray  # (S, K, 3)
+  kp2d: jnp.ndarray  # (S, K, 2)
+  conf: jnp.ndarray  # (S, K)
+  theta: jnp.ndarray  # (S, P)
+  age: jnp.ndarray  # (S,) int32
+
+
+def empty_buffer(problem: Problem, size: int) -> FitBuffer | None:
+  if size == 0:
+    return None
+  k, p = problem.num_keypoints, problem.num_params
+  z = lambda *shape: jnp.zeros((size,) + shape, jnp.float32)  # noqa: E731
+  return FitBuffer(z(p), z(k, 3), z(k, 2), z(k), z(p), jnp.full((size,), -1, jnp.int32))
+
+
+def _rows(a, start, n):
+  return jax.lax.dynamic_slice_in_dim(a, start, n, axis=0)
+
+
+def _set_rows(a, rows, start):
+  return jax.lax.dynamic_update_slice_in_dim(a, rows, start, axis=0)
+
+
+class UnrollPlan(NamedTuple):
+  """What a train step fits: the batch (ground truth and input) and where each sample starts."""
+
+  batch: "Batch"
+  theta0: jnp.ndarray  # (B, P) starting states (fresh rows: the learner's initial guess)
+  start_iteration: jnp.ndarray  # (B,) iteration index of theta0
+  continued: jnp.ndarray  # (B,) bool: the row continues a stored fit
+  fixed_point: jnp.ndarray  # (B,) bool: the row starts near its ground truth
+
+
+def plan_unroll(problem: Problem, batch: "Batch", theta0, buffer: FitBuffer | None, step, key,
+                u: UnrollSettings) -> UnrollPlan:
+  """Replaces the batch's last rows by continued fits and fixed-point starts (all traced).
+
+  Layout: [fresh | late (``u.late`` rows) | fixed point (``u.fixed_point`` rows)].
+  """
+  b = batch.theta.shape[0]
+  start_it = jnp.zeros((b,), jnp.int32)
+  continued = jnp.zeros((b,), bool)
+  fixed = jnp.zeros((b,), bool)
+  lo_fp = b - u.fixed_point
+  if u.late:
+    lo = lo_fp - u.late
+    slot = (step % u.rounds) * u.late
+    valid = (_rows(buffer.age, slot, u.late) >= 0) & (_rows(buffer.age, slot, u.late) < u.max_age)
+
+    def take(fresh, stored):
+      rows = jnp.where(valid.reshape((-1,) + (1,) * (fresh.ndim - 1)),
+                       _rows(stored, slot, u.late), fresh[lo:lo_fp])
+      return fresh.at[lo:lo_fp].set(rows)
+
+    batch = batch.replace(theta=take(batch.theta, buffer.theta_gt), kp3d=take(batch.kp3d, buffer.kp3d),
+                          kp2d=take(batch.kp2d, buffer.kp2d), conf=take(batch.conf, buffer.conf))
+    theta0 = take(theta0, jax.lax.stop_gradient(buffer.theta))
+    start_it = start_it.at[lo:lo_fp].set(jnp.where(valid, _rows(buffer.age, slot, u.late), 0))
+    continued = continued.at[lo:lo_fp].set(valid)
+  if u.fixed_point:
+    k_noise, k_age = jax.random.split(key)
+    gt = batch.theta[lo_fp:]
+    noise = u.fixed_point_noise * jax.random.normal(k_noise, gt.shape, gt.dtype)
+    theta0 = theta0.at[lo_fp:].set(gt + noise)
+    age = jax.random.randint(k_age, (u.fixed_point,), 0, max(u.max_age, u.max_steps) + 1)
+    start_it = start_it.at[lo_fp:].set(age)
+    fixed = fixed.at[lo_fp:].set(True)
+  return UnrollPlan(batch, theta0, start_it, continued, fixed)
+
+
+def update_buffer(buffer: FitBuffer | None, plan: UnrollPlan, final_theta, length, step,
+                  u: UnrollSettings) -> FitBuffer | None:
+  """Writes the late rows' reached states (and their samples) back into the visited slots."""
+  if not u.late:
+    return buffer
+  b = plan.batch.theta.shape[0]
+  lo, hi = b - u.fixed_point - u.late, b - u.fixed_point
+  slot = (step % u.rounds) * u.late
+  put = lambda a, rows: _set_rows(a, jax.lax.stop_gradient(rows), slot)  # noqa: E731
+  return FitBuffer(put(buffer.theta_gt, plan.batch.theta[lo:hi]), put(buffer.kp3d, plan.batch.kp3d[lo:hi]),
+                   put(buffer.kp2d, plan.batch.kp2d[lo:hi]), put(buffer.conf, plan.batch.conf[lo:hi]),
+                   put(buffer.theta, final_theta[lo:hi]),
+                   put(buffer.age, plan.start_iteration[lo:hi] + length))
+
+
+def step_weights(length, num_states: int, gamma: float) -> jnp.ndarray:
+  """(num_states,) weights of the states 0..M of an unroll of ``length`` steps: gamma^(n-k) on
+  the states k <= n, 0 after, normalised to sum 1."""
+  k = jnp.arange(num_states)
+  w = jnp.where(k <= length, jnp.power(gamma, (length - k).astype(jnp.float32)), 0.0)
+  return w / jnp.sum(w)
+
+
+# ----------------------------------------------------------------------------------------------
 # The loss and the train step.
 
 
-def training_loss(problem: Problem, traj: lgd.Trajectory, batch: Batch, weights) -> tuple:
-  """The official training loss, averaged over the steps 0..N (initial guess included).
+def training_loss(problem: Problem, traj: lgd.Trajectory, batch: Batch, weights,
+                  step_w=None, fixed_point=None, length=None) -> tuple:
+  """The official training loss over the steps 0..n (initial guess included).
 
   0.3 · weighted L1(2D) + 0.3 · weighted L1(3D keypoints) + 1.0 · L1(θ) + 1.0 · L1(β)
   (+ weight · L1(transl) when the translation is fitted); the weights come from ``weights``.
+  ``step_w`` (M+1,) weighs the states (default: the mean over all of them). With
+  ``fixed_point`` (B,) bool and ``weights["update"]`` > 0, the mean |Θ_{k+1} - Θ_k| of the
+  fixed-point rows over the ``length`` steps taken is added: near the truth the update should
+  vanish.
   """
   jw = jnp.asarray(objective.joint_weights(problem.kpset))[:, None]
   p = objective.split(problem, traj.theta)
@@ -204,8 +419,17 @@ def training_loss(problem: Problem, traj: lgd.Trajectory, batch: Batch, weights)
   }
   if problem.fit_translation:
     parts["transl"] = jnp.mean(jnp.abs(p.transl - gt.transl), axis=(1, 2))
-  per_step = sum(weights[k] * v for k, v in parts.items())
-  return jnp.mean(per_step), {k: jnp.mean(v) for k, v in parts.items()}
+  m1 = traj.theta.shape[0]
+  step_w = jnp.full((m1,), 1.0 / m1) if step_w is None else step_w
+  out = {k: jnp.sum(step_w * v) for k, v in parts.items()}
+  loss = sum(weights[k] * v for k, v in out.items())
+  if fixed_point is not None and weights.get("update", 0.0) > 0:
+    steps = jnp.mean(jnp.abs(jnp.diff(traj.theta, axis=0)), axis=-1)  # (M, B)
+    taken = (jnp.arange(m1 - 1) < (m1 - 1 if length is None else length))[:, None]
+    fp = fixed_point[None, :] & taken
+    out["update"] = jnp.sum(jnp.where(fp, steps, 0.0)) / jnp.maximum(jnp.sum(fp), 1)
+    loss = loss + weights["update"] * out["update"]
+  return loss, out
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -216,6 +440,7 @@ class TrainState(flax.struct.PyTreeNode):
     params, batch_stats, opt_state: the networks and Adam's moments.
     bad_step: the first step whose loss or gradients were not finite (-1: none yet).
     num_skipped: steps whose update was not applied because of that.
+    buffer: the continued fits (:class:`FitBuffer`), or None when the config uses none.
   """
 
   step: jnp.ndarray
@@ -224,6 +449,7 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
   bad_step: jnp.ndarray
   num_skipped: jnp.ndarray
+  buffer: Any = None
 
 
 class OptimizerSettings(NamedTuple):
@@ -252,11 +478,18 @@ def _adam(s: OptimizerSettings) -> optax.GradientTransformation:
   return optax.adam(learning_rate_schedule(s))
 
 
-def init_state(learner: lgd.Learner, problem: Problem, tx, seed: int) -> TrainState:
+def init_state(learner: lgd.Learner, problem: Problem, tx, seed: int,
+               buffer_size: int = 0) -> TrainState:
   variables = learner.init(jax.random.PRNGKey(seed), problem)
   return TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
                     tx.init(variables["params"]), jnp.full((), -1, jnp.int32),
-                    jnp.zeros((), jnp.int32))
+                    jnp.zeros((), jnp.int32), empty_buffer(problem, buffer_size))
+
+
+def new_state(config, learner: lgd.Learner, problem: Problem, tx) -> TrainState:
+  """The initial :class:`TrainState` of ``config`` (its seed and buffer size)."""
+  return init_state(learner, problem, tx, int(config.seed),
+                    unroll_settings(config).buffer_size)
 
 
 def loss_weights(config) -> dict:
@@ -273,28 +506,59 @@ class StepSettings(NamedTuple):
   optimizer: OptimizerSettings
   mesh: Mesh | None = None  # split the batch over this mesh's devices
   on_nonfinite: str = "stop"  # "stop": freeze after the first bad step; "skip": skip bad steps
+  unroll: UnrollSettings | None = None  # None: the fixed N-step unroll
 
 
 @functools.partial(jax.jit, static_argnames=("learner", "settings"), donate_argnums=(0,))
 def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
                learner: lgd.Learner, settings: StepSettings):
-  """One training step: sampling, augmentation, the N-step unrolled fit, the loss, its gradient
-  and the Adam update, all in one compiled program; the state's buffers are donated."""
+  """One training step: sampling, augmentation, the unrolled fit, the loss, its gradient and the
+  Adam update, all in one compiled program; the state's buffers are donated.
+
+  With ``settings.unroll``: the unroll's length is drawn per batch (the scan runs the longest and
+  masks the rest), part of the batch continues stored fits (the state's buffer, updated here) and
+  part starts near its ground truth.
+  """
   k_batch, k_drop = jax.random.split(key)
   batch = parallel.constrain_batch(
       make_batch(problem, source, k_batch, settings.batch_size, settings.augment), settings.mesh)
   weights = dict(settings.loss_weights)
+  u = settings.unroll
+  plain = u is None or (u.length == "fixed" and not u.late and not u.fixed_point
+                        and u.gamma == 1.0)
+  if plain:
+    length = jnp.int32(settings.num_steps)
+  else:
+    k_len, k_fp = jax.random.split(jax.random.fold_in(key, 1))
+    length = sample_length(k_len, u)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    traj, stats = lgd.fit(learner, variables, problem, batch.kp2d, batch.conf,
-                          settings.num_steps, train=True, rng=k_drop)
-    loss, parts = training_loss(problem, traj, batch, weights)
-    return loss, (stats, parts, traj)
+    if plain:
+      traj, stats = lgd.fit(learner, variables, problem, batch.kp2d, batch.conf,
+                            settings.num_steps, train=True, rng=k_drop)
+      loss, parts = training_loss(problem, traj, batch, weights)
+      return loss, (stats, parts, traj, None)
+    k_init, k_fit = jax.random.split(k_drop)
+    theta0, stats = lgd.initial_guess(learner, variables, problem, batch.kp2d, batch.conf,
+                                      train=True, rng=k_init)
+    plan = plan_unroll(problem, batch, theta0, state.buffer, state.step, k_fp, u)
+    variables = {"params": params, "batch_stats": stats}
+    traj, stats = lgd.fit(learner, variables, problem, plan.batch.kp2d, plan.batch.conf,
+                          u.scan_steps, train=True, rng=k_fit, theta0=plan.theta0,
+                          active_steps=None if u.length == "fixed" else length,
+                          start_iteration=plan.start_iteration)
+    step_w = step_weights(length, u.scan_steps + 1, u.gamma)
+    loss, parts = training_loss(problem, traj, plan.batch, weights, step_w, plan.fixed_point,
+                                length)
+    return loss, (stats, parts, traj, plan)
 
-  (loss, (stats, parts, traj)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (stats, parts, traj, plan)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   updates, opt_state = _adam(settings.optimizer).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  buffer = state.buffer if plan is None else update_buffer(state.buffer, plan, traj.theta[-1],
+                                                           length, state.step, u)
   # A non-finite loss or gradient never reaches the state; "stop" also freezes every later step
   # until the host notices (at the next log or checkpoint) and stops.
   finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
@@ -306,10 +570,14 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
       step, keep(params, state.params), keep(stats, state.batch_stats),
       keep(opt_state, state.opt_state),
       jnp.where(~finite & (state.bad_step < 0), step, state.bad_step),
-      state.num_skipped + (~apply).astype(jnp.int32))
+      state.num_skipped + (~apply).astype(jnp.int32), keep(buffer, state.buffer))
+  last = jnp.minimum(length, traj.loss.shape[0] - 1)
   out = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
          "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(new_state.params),
-         "reproj_first": jnp.mean(traj.loss[0]), "reproj_last": jnp.mean(traj.loss[-1])}
+         "reproj_first": jnp.mean(traj.loss[0]), "reproj_last": jnp.mean(traj.loss[last]),
+         "unroll_length": length.astype(jnp.float32)}
+  if plan is not None and u.late:
+    out["buffer_mean_age"] = jnp.mean(jnp.maximum(buffer.age, 0).astype(jnp.float32))
   return new_state, out
 
 
@@ -317,13 +585,15 @@ def make_train_step(learner: lgd.Learner, config, steps_per_epoch: int,
                     mesh: Mesh | None = None) -> Callable:
   """``(state, problem, source, key) -> (state, metrics)``: :func:`train_step` for a config,
   with the batch split over ``mesh`` when given."""
+  u = unroll_settings(config)
   settings = StepSettings(
       int(config.batch_size), int(config.num_steps),
       ml_collections.FrozenConfigDict(config.augment),
       tuple(sorted(loss_weights(config).items())),
       optimizer_settings(config, steps_per_epoch),
       mesh if mesh is not None and mesh.devices.size > 1 else None,
-      str(config.get("on_nonfinite", "stop")))
+      str(config.get("on_nonfinite", "stop")),
+      u)
   return functools.partial(train_step, learner=learner, settings=settings)
 
 
@@ -535,7 +805,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoints.manager(workdir, int(config.keep_checkpoints))
   problem, train_src = parallel.replicate((problem, train_src), mesh)
-  state = parallel.replicate(init_state(learner, problem, tx, int(config.seed)), mesh)
+  state = parallel.replicate(new_state(config, learner, problem, tx), mesh)
   found = checkpoints.restore_latest_good(mngr, state, config, log=_log)
   last_saved = None
   if found is not None:

@@ -1,0 +1,57 @@
+"""Variants of the demo for the convergence ablation (``tools/convergence_ablation.py``).
+
+Each variant is the demo's budget (free body model, synthetic poses, batch 256, 1000 steps,
+512-wide paper network) with the published training scheme (``configs/demo.py``'s
+``published_config``) and one or more switches of the convergence work turned on:
+
+    python train.py --config configs/ablation.py:late --workdir runs/ablation/late
+
+``VARIANTS`` maps a name to its overrides (dotted config keys); the script trains every variant
+with the same budget and evaluates all of them on the same held-out samples.
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "_demo_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
+_demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_demo)
+
+ROBUST = {"objective_loss": "robust"}
+LATE = {"unroll.late_fraction": 0.25, "unroll.buffer_rounds": 8, "unroll.max_age": 100}
+FIXED_POINT = {"unroll.fixed_point_fraction": 0.1, "loss.update": 1.0}
+
+# name -> (what it tests, overrides)
+VARIANTS = {
+    "published": ("the paper's scheme: L1, fixed N = 10, shared BatchNorm", {}),
+    "l2": ("L2 objective", {"objective_loss": "l2"}),
+    "robust": ("robust (pseudo-Huber) objective", ROBUST),
+    "uniform_len": ("random unroll length, uniform in 1..20",
+                    {"unroll.length": "uniform", "unroll.max_steps": 20}),
+    "log_uniform_len": ("random unroll length, log-uniform in 1..20",
+                        {"unroll.length": "log_uniform", "unroll.max_steps": 20}),
+    "late": ("late-iteration starts: 25 % of each batch continues stored fits (ages to 100)",
+             LATE),
+    "fixed_point": ("fixed-point samples: 10 % start near the truth, loss on |ΔΘ|", FIXED_POINT),
+    "bn_per_step": ("BatchNorm statistics per step", {"model.norm": "batch_per_step"}),
+    "layernorm": ("LayerNorm instead of BatchNorm", {"model.norm": "layer"}),
+    "damping": ("harmonic step-size damping, τ = 10", {"model.damping": 10.0}),
+    "gd_term": ("learned preconditioned gradient term (rate 0.1)", {"model.gd_rate": 0.1}),
+    "gate": ("update gated by the gradient norm (robust objective)",
+             {**ROBUST, "model.gate": 0.01}),
+}
+
+
+def get_config(name: str = "published"):
+  if name not in VARIANTS:
+    raise ValueError(f"configs/ablation.py:{name}: unknown variant, expected one of "
+                     f"{sorted(VARIANTS)}")
+  c = _demo.published_config()
+  for key, value in VARIANTS[name][1].items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
