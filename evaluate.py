@@ -45,6 +45,17 @@ def main(argv=None) -> int:
   parser.add_argument("--min-joints", type=int, default=None,
                       help="--keypoints: skip persons with fewer confident joints")
   parser.add_argument("--no-png", action="store_true", help="--keypoints: no PNG per person")
+  parser.add_argument("--refine-steps", type=int, default=None,
+                      help="--keypoints: iterations of the classical refinement in the image's "
+                           "camera after the learned steps (default 100; 0 = none)")
+  parser.add_argument("--until-converged", action="store_true",
+                      help="iterate the learned update until each sample's objective changes by "
+                           "less than --tol (relative), at most --steps (default 10 N)")
+  parser.add_argument("--tol", type=float, default=1e-4,
+                      help="--until-converged: relative change of the objective (default 1e-4)")
+  parser.add_argument("--confidence", choices=("binary", "raw"), default="binary",
+                      help="detector scores: 'binary' (the official rule: >= 0.01 -> 1, else 0; "
+                           "default) or 'raw' (scores weigh the objective)")
   parser.add_argument("--out-dir", default=None,
                       help="output directory of --convergence and --keypoints")
   parser.add_argument("--overwrite", action="store_true",
@@ -117,7 +128,9 @@ def main(argv=None) -> int:
     summary = detections.fit_file(restored, args.keypoints, args.out_dir, images=args.images,
                                   num_steps=args.steps, batch_size=min(args.batch_size, 64),
                                   focal_length=args.focal_length, overwrite=args.overwrite,
-                                  log=err, draw=not args.no_png, **kwargs)
+                                  log=err, draw=not args.no_png, confidence=args.confidence,
+                                  until_converged=args.until_converged, tol=args.tol,
+                                  refine_steps=args.refine_steps, **kwargs)
     print(detections.table(summary))
 
   return cli.run(run, args.debug)

@@ -689,9 +689,12 @@ def tune_smplify(problem: Problem, batch: training.Batch, num_steps: int, window
 def config_pose_prior(config, log=None) -> GMMPrior:
   """:func:`default_pose_prior` of a config's training poses: its AMASS training split, or the
   synthetic sampler when it has no ``amass_dir``."""
-  poses = None
   if config.amass_dir:
     poses = np.asarray(training.load_pose_data(config)[0].poses)
+  else:
+    from lgd_jax.data import pose_sources
+    kind = training.synthetic_source(config, "train").kind
+    poses = np.asarray(pose_sources.sample(kind, jax.random.PRNGKey(GMM_SEED), GMM_SAMPLES))
   return default_pose_prior(poses, log=log)
 
 

@@ -4,7 +4,9 @@ Fields (all overridable on the command line, ``--config.key=value``):
 
 * ``body_model``: an SMPL-layout model file (.pkl or .npz); empty = the free built-in model.
 * ``num_betas``: shape components used.
-* ``amass_dir``: a directory of AMASS ``.npz`` sequences; empty = the synthetic pose source.
+* ``amass_dir``: a directory of AMASS ``.npz`` sequences; empty = the synthetic pose source
+  ``poses`` ("broad", or "keyframes", the first round's sampler); held-out synthetic samples
+  come from ``test_poses`` ("test": built differently from the training source).
   ``amass_fps`` (frame subsampling; 0 = every frame), ``amass_cache`` (preprocessed file; empty = next to the data
   or in ~/.cache), ``val_fraction`` (sequences held out, by a stable hash of their path).
 * ``keypoints``: keypoint set of the objective; ``objective_loss``: "l1" (the official code's),
@@ -30,7 +32,9 @@ Fields (all overridable on the command line, ``--config.key=value``):
   (``buffer_rounds``, ``max_age``); ``fixed_point_fraction`` starts near the truth
   (``fixed_point_noise``); ``loss_gamma`` weighs the later states more.
 * ``loss``: training-loss weights (``update``: the update's size on fixed-point samples);
-  ``augment``: root rotation ranges, keypoint drop probability, translation ranges.
+  ``augment``: root rotation ranges, keypoint drop probability, translation ranges;
+  ``detector``: detector-like corruption of the 2D input (``noise``, ``score_jitter``,
+  ``swap_prob``, ``truncate_prob``, ``outlier_prob``; see :mod:`lgd_jax.data.augment`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.amass_cache = ""
   c.val_fraction = 0.05
   c.requires_data = False  # True: body_model and amass_dir must be given (configs/paper.py)
+  c.poses = "broad"  # synthetic training poses: "broad", "keyframes" (see data/pose_sources.py)
+  c.test_poses = "test"  # synthetic held-out poses (evaluation, validation): "test", "broad", ...
 
   c.keypoints = "coco18"
   c.objective_loss = "l1"
@@ -118,7 +124,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.transl_xy = 0.5
   c.augment.depth_min = 4.0
   c.augment.depth_max = 8.0
+
+  # Detector-like 2D input (lgd_jax/data/augment.py); 0 = off.
+  c.detector = ml_collections.ConfigDict()
+  c.detector.noise = 0.0
+  c.detector.score_jitter = 0.0
+  c.detector.swap_prob = 0.0
+  c.detector.truncate_prob = 0.0
+  c.detector.outlier_prob = 0.0
   return c
+
+
+# Fields whose behaviour before they existed differs from today's default.
+LEGACY_DEFAULTS = {"poses": "keyframes"}
 
 
 def with_defaults(saved: dict) -> ml_collections.ConfigDict:
@@ -128,6 +146,9 @@ def with_defaults(saved: dict) -> ml_collections.ConfigDict:
   saved values, nested groups merged field by field; fields unknown to the base are kept.
   """
   merged = base_config().to_dict()
+  for k, v in LEGACY_DEFAULTS.items():
+    if k not in saved:
+      merged[k] = v
 
   def merge(dst: dict, src: dict):
     for k, v in src.items():

@@ -17,15 +17,22 @@ Inputs (:func:`load`):
 Every source format is mapped by joint NAME to the checkpoint's keypoint set. Names absent from the
 source get confidence 0; "neck" (absent from COCO-17) is the shoulders' midpoint and "mid_hip" /
 "pelvis" the hips' midpoint when both are confident (confidence: the smaller of the two), else 0.
-A confidence below :data:`lgd_jax.camera.CONFIDENCE_THRESHOLD` means missing, as in training:
-its coordinates are zeroed and the unit-box normalisation puts it at 0.5 with weight 0, so a
-missing joint cannot pull the fit. Other confidences are passed on unchanged, as the official code
-does with OpenPose's scores on 3DPW.
+Confidences go through :func:`lgd_jax.objective.observe`, the input function of training and
+the benchmark protocols, with the official code's test-time rule (its ``validation_step``): a
+score >= :data:`lgd_jax.camera.CONFIDENCE_THRESHOLD` (0.01) becomes 1 and anything lower 0, so
+the objective's weights and the network's input are the {0, 1} values it was trained on, whatever
+the detector's score scale; a missing joint is placed at 0.5 with weight 0 and cannot pull the
+fit. ``confidence="raw"`` (``--confidence raw``) keeps the scores as weights instead.
 
 Fitting (:func:`fit_batch`): all persons of all frames are stacked and fitted in fixed-size
 batches (the last one padded), one compiled program for the whole file. The learned fit predicts
-pose and shape from unit-box-normalised keypoints, with no camera. To place the body in the image,
-a perspective camera is assumed and the translation solved in closed form:
+pose and shape from unit-box-normalised keypoints, with no camera (``num_steps`` learned steps,
+or with ``until_converged`` until each person's objective stops changing). To place the body in
+the image, a perspective camera is assumed and the translation solved in closed form (below);
+then, by default, :data:`DEFAULT_REFINE_STEPS` iterations of a classical refinement in the
+image's camera (:mod:`lgd_jax.refine`: robust re-projection, anchored at the learned fit, pose
+and shape priors) make the 2D fit tight (``refine_steps=0``, ``--refine-steps 0``, skips it).
+The summary records each person's learned and refinement iterations and final error.
 
 * focal length: ``focal_length`` if given, else sqrt(W² + H²) pixels for an image of W × H (the
   estimate CLIFF, Li et al. ECCV 2022, uses for full frames: a diagonal field of view of about
@@ -77,7 +84,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgd_jax import body, camera, lgd, objective, parallel, rotations
+from lgd_jax import body, camera, lgd, objective, parallel, refine, rotations
 from lgd_jax.body.keypoint_sets import BODY25_NAMES, COCO17_NAMES, COCO18_NAMES
 from lgd_jax.objective import Problem
 
@@ -94,6 +101,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIN_JOINTS = 4  # persons with fewer confident joints are skipped
 MIN_EXTENT_PX = 1.0  # and those whose confident joints (nearly) coincide
 CANVAS_MARGIN = 0.1  # of the keypoints' larger extent, around the canvas without an image
+DEFAULT_TOL = 1e-4  # the stopping rule's relative change of the objective
+# Tight 2D fits by default: the learned steps, then this many iterations of the classical
+# refinement in the image's camera (lgd_jax/refine.py); measured in tools/detection_benchmark.py.
+DEFAULT_REFINE_STEPS = refine.DEFAULT_STEPS
+SMPLIFY_ORIENT_STEPS = 30  # the SMPLify-style baseline's orientation stage (start="zero")
 PNG_MAX_SIDE_PX = 800
 
 
@@ -428,8 +440,8 @@ class Placement(NamedTuple):
 
 @jax.jit
 def place(problem: Problem, theta: jnp.ndarray, keypoints: jnp.ndarray, conf: jnp.ndarray,
-          focal: jnp.ndarray, center: jnp.ndarray, keypoints_3d: jnp.ndarray | None = None
-          ) -> Placement:
+          focal: jnp.ndarray, center: jnp.ndarray, keypoints_3d: jnp.ndarray | None = None,
+          translation: jnp.ndarray | None = None) -> Placement:
   """Puts fitted parameters into a pinhole camera by solving for the translation.
 
   The fit lives in the problem's world frame, seen by the problem camera's rotation R (the
@@ -445,6 +457,7 @@ def place(problem: Problem, theta: jnp.ndarray, keypoints: jnp.ndarray, conf: jn
     focal: (B,) focal lengths, pixels.
     center: (B, 2) principal points, pixels.
     keypoints_3d: optional (B, K, 3) ``objective.keypoints_3d(problem, theta)`` if known.
+    translation: optional (B, 3) camera translation t to use instead of solving for it.
   """
   p = objective.split(problem, theta)
   rot = problem.camera.rotation
@@ -452,7 +465,8 @@ def place(problem: Problem, theta: jnp.ndarray, keypoints: jnp.ndarray, conf: jn
     keypoints_3d = objective.keypoints_3d(problem, theta)
   points = keypoints_3d @ rot.T
   weights = jnp.where(conf >= camera.CONFIDENCE_THRESHOLD, conf, 0.0)
-  t = estimate_translation(points, keypoints, weights, focal, center)
+  t = estimate_translation(points, keypoints, weights, focal, center) if translation is None \
+      else translation
   cam = points + t[:, None]
   pix = focal[:, None, None] * cam[..., :2] / cam[..., 2:3] + center[:, None]
   visible = weights > 0
@@ -469,47 +483,92 @@ def place(problem: Problem, theta: jnp.ndarray, keypoints: jnp.ndarray, conf: jn
 
 
 def normalise_input(problem: Problem, keypoints: jnp.ndarray, conf: jnp.ndarray,
-                    focal: jnp.ndarray, center: jnp.ndarray) -> jnp.ndarray:
-  """Pixel keypoints (B, K, 2) to the objective's normalised frame, as training renders them:
-  the unit box of the confident joints, or (x - c) / f when the problem fits a translation."""
-  if not problem.fit_translation:
-    return camera.normalize_unit_box(keypoints, conf)
-  norm = (keypoints - center[:, None]) / focal[:, None, None]
-  return jnp.where((conf >= camera.CONFIDENCE_THRESHOLD)[..., None], norm, 0.0)
+                    focal: jnp.ndarray, center: jnp.ndarray, confidence: str = "binary"):
+  """Pixel keypoints (B, K, 2) and scores (B, K) to the fit's input (kp2d, weights) through
+  :func:`lgd_jax.objective.observe`, the input function of training and the protocols: the
+  official code's confidence rule and the unit box of the confident joints (or (x - c) / f when
+  the problem fits a translation)."""
+  return objective.observe(problem, keypoints, conf, focal[:, None], center, confidence)
 
 
 class BatchFit(NamedTuple):
-  """:func:`fit_batch`'s result: the placement, the final objective and camera-frame vertices."""
+  """:func:`fit_batch`'s result.
+
+  Attributes:
+    placement: the fit placed in the camera (:class:`Placement`).
+    reproj: (B,) the normalised objective after the learned steps.
+    vertices: (B, V, 3) camera-frame meshes (empty unless asked for).
+    learned_steps: (B,) learned iterations each person got (its stop with the stopping rule).
+    refine_steps: () classical refinement iterations (0: none).
+    reproj_px_learned: (B,) re-projection error in pixels before the refinement.
+    weights: (B, K) the confidences the fit used (after the confidence rule).
+  """
 
   placement: Placement
-  reproj: jnp.ndarray  # (B,) the normalised objective at the last step
-  vertices: jnp.ndarray  # (B, V, 3) camera frame
+  reproj: jnp.ndarray
+  vertices: jnp.ndarray
+  learned_steps: jnp.ndarray
+  refine_steps: jnp.ndarray
+  reproj_px_learned: jnp.ndarray
+  weights: jnp.ndarray
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "with_vertices"))
+@functools.partial(jax.jit, static_argnames=("num_steps", "with_vertices", "confidence",
+                                             "until_converged", "refine_steps", "start"))
 def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.ndarray,
               conf: jnp.ndarray, focal: jnp.ndarray, center: jnp.ndarray, num_steps: int,
-              with_vertices: bool = True) -> BatchFit:
+              with_vertices: bool = True, confidence: str = "binary",
+              until_converged: bool = False, tol=DEFAULT_TOL, min_steps: int = 1,
+              refine_steps: int = 0, prior=None,
+              refine_weights: refine.RefineWeights = refine.DEFAULT_WEIGHTS,
+              start: str = "learned") -> BatchFit:
   """Fits a batch of detections with the learned optimiser (inference mode) and places it.
 
   Args:
     learner, variables, problem: from :func:`lgd_jax.evaluation.restore`.
     keypoints: (B, K, 2) pixel keypoints in the problem's keypoint set.
-    conf: (B, K) confidences (0 = missing).
+    conf: (B, K) detector scores (0 = missing).
     focal: (B,) focal lengths, pixels.
     center: (B, 2) principal points, pixels.
-    num_steps: learned update steps (static).
+    num_steps: learned update steps (static); with ``until_converged`` the most.
     with_vertices: also compute the camera-frame meshes (else ``vertices`` is empty).
+    confidence: "binary" (the official rule) or "raw" (static).
+    until_converged: stop each person's learned fit when its objective's relative change falls
+      below ``tol`` (:func:`lgd_jax.lgd.fit_until_converged`, not before ``min_steps``).
+    refine_steps: iterations of the classical refinement in the image's camera
+      (:func:`lgd_jax.refine.refine`, static; 0 = none).
+    prior: its pose prior (a :class:`lgd_jax.baselines.GMMPrior` or None).
+    refine_weights: its constants.
+    start: "learned" (the learned fit), or "zero": no learned step — the zero pose turned by
+      SPIN's orientation stage (:func:`lgd_jax.baselines.smplify`'s stage 1, the best of 8
+      turns), the start of the SMPLify-style baseline (static).
   """
-  kp2d = normalise_input(problem, keypoints, conf, focal, center)
-  traj, _ = lgd.fit(learner, variables, problem, kp2d, conf, num_steps, train=False)
-  placement = place(problem, traj.theta[-1], keypoints, conf, focal, center, traj.kp3d[-1])
+  kp2d, w = normalise_input(problem, keypoints, conf, focal, center, confidence)
+  if start == "zero":
+    from lgd_jax import baselines
+    traj = baselines.smplify(problem, kp2d, w, (SMPLIFY_ORIENT_STEPS, 0), pose_prior=prior)
+    steps = jnp.zeros(keypoints.shape[:1], jnp.int32)
+  elif until_converged:
+    traj, stop = lgd.fit_until_converged(learner, variables, problem, kp2d, w, num_steps, tol,
+                                         min_steps)
+    steps = stop.steps
+  else:
+    traj, _ = lgd.fit(learner, variables, problem, kp2d, w, num_steps, train=False)
+    steps = jnp.full(keypoints.shape[:1], num_steps, jnp.int32)
+  theta = traj.theta[-1]
+  placement = place(problem, theta, keypoints, w, focal, center, traj.kp3d[-1])
+  learned_px = placement.reproj_px
+  if refine_steps:
+    theta, t, _ = refine.refine(problem, theta, placement.cam_translation, keypoints, w, focal,
+                                center, refine_steps, prior, refine_weights)
+    placement = place(problem, theta, keypoints, w, focal, center, translation=t)
   if with_vertices:
     pose = jnp.concatenate([placement.global_orient, placement.body_pose], -1)
     vertices = body.forward(problem.model, pose, placement.betas, placement.transl).vertices
   else:
     vertices = jnp.zeros(keypoints.shape[:1] + (0, 3), keypoints.dtype)
-  return BatchFit(placement, traj.loss[-1], vertices)
+  return BatchFit(placement, traj.loss[-1], vertices, steps, jnp.int32(refine_steps), learned_px,
+                  w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -697,7 +756,11 @@ def _check_args(num_steps, batch_size, focal_length, min_joints) -> None:
 def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
              images: str | os.PathLike | None = None, num_steps: int | None = None,
              batch_size: int = 64, focal_length: float | None = None, overwrite: bool = False,
-             log=print, min_joints: int = MIN_JOINTS, draw: bool = True) -> dict:
+             log=print, min_joints: int = MIN_JOINTS, draw: bool = True,
+             confidence: str = "binary", until_converged: bool = False, tol: float = DEFAULT_TOL,
+             refine_steps: int | None = None, prior="default",
+             refine_weights: refine.RefineWeights = refine.DEFAULT_WEIGHTS,
+             start: str = "learned") -> dict:
   """Fits every person of a keypoint file or directory and writes the results to ``out_dir``.
 
   Args:
@@ -712,6 +775,17 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
     log: progress messages (None: silent).
     min_joints: persons with fewer confident joints are skipped.
     draw: write the PNGs.
+    confidence: "binary" (the official rule: score >= 0.01 -> 1, else 0) or "raw".
+    until_converged: learned steps until each person's objective stops changing (relative
+      change <= ``tol``), at most ``num_steps`` (default then: 10 N), at least N.
+    tol: the stopping rule's tolerance.
+    refine_steps: iterations of the classical refinement in the image's camera (default
+      :data:`DEFAULT_REFINE_STEPS`; 0 = none).
+    prior: the refinement's pose prior: "default" (fitted to the checkpoint's training poses,
+      :func:`lgd_jax.baselines.config_pose_prior`), a :class:`lgd_jax.baselines.GMMPrior`, or
+      None.
+    refine_weights: the refinement's constants.
+    start: "learned", or "zero" for the SMPLify-style baseline (see :func:`fit_batch`).
 
   Returns:
     The summary written to ``out_dir/summary.json``.
@@ -730,7 +804,20 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
                          "expected an empty directory or overwrite=True (--overwrite)")
   problem = restored.problem
   window = int(restored.config.num_steps)
-  num_steps = window if num_steps is None else int(num_steps)
+  if num_steps is None:
+    num_steps = 10 * window if until_converged else window
+  num_steps = int(num_steps)
+  refine_steps = DEFAULT_REFINE_STEPS if refine_steps is None else int(refine_steps)
+  if refine_steps < 0:
+    raise DetectionError(f"refine_steps: expected an integer >= 0, got {refine_steps!r}")
+  if confidence not in objective.CONFIDENCE_RULES:
+    raise DetectionError(f"confidence: expected one of {objective.CONFIDENCE_RULES}, got "
+                         f"{confidence!r}")
+  if not (np.isfinite(tol) and tol > 0):
+    raise DetectionError(f"tol: expected a positive number, got {tol!r}")
+  if isinstance(prior, str) and prior == "default":
+    from lgd_jax import baselines
+    prior = baselines.config_pose_prior(restored.config, log=log) if refine_steps else None
 
   det = load(path)
   kp, conf = to_keypoint_set(det, problem.kpset)
@@ -798,9 +885,12 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
   no_image = sum(info["kind"] != "image" for info in frame_info)
   if images is not None and no_image:
     log(f"  no image in {images} for {no_image} of {len(det.frames)} frames: a canvas is used")
+  how = (f"up to {num_steps} learned steps until converged (tol {tol:g})" if until_converged
+         else f"{num_steps} learned steps")
   log(f"{det.path}: {len(det.frames)} frames, {det.num_persons} persons "
-      f"({_LABELS[det.format]}); fitting {len(todo)} with {num_steps} learned steps "
-      f"(training window N = {window}), {len(skipped)} skipped")
+      f"({_LABELS[det.format]}); fitting {len(todo)} with {how} (training window N = {window})"
+      + (f" and {refine_steps} refinement steps" if refine_steps else "")
+      + f", {len(skipped)} skipped")
 
   # Fit in fixed-size batches; the last one is padded with copies of the first person.
   results = []
@@ -819,7 +909,9 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
       inputs = parallel.shard_batch((kp[rows], conf[rows], focal_all[sel][pad],
                                      center_all[sel][pad]), mesh)
       res = fit_batch(restored.learner, restored.variables, problem, *inputs, num_steps,
-                      with_vertices=True)
+                      with_vertices=True, confidence=confidence, until_converged=until_converged,
+                      tol=tol, min_steps=min(window, num_steps), refine_steps=refine_steps,
+                      prior=prior, refine_weights=refine_weights, start=start)
       res = jax.device_get(res)
       t_fit += time.perf_counter() - t0
       results.append((idx, res))
@@ -849,8 +941,10 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
           transl=pl.transl[b], focal_length=np.float32(info["focal"]),
           camera_center=np.asarray(info["center"], np.float32),
           image_size=np.asarray(info["box"][2:], np.float32),
-          keypoints_2d=kp[i], confidence=conf[i], keypoint_names=np.asarray(names),
-          keypoints_2d_fit=pl.keypoints_2d[b], reproj_px=np.float32(pl.reproj_px[b])))
+          keypoints_2d=kp[i], confidence=conf[i], weights=res.weights[b],
+          keypoint_names=np.asarray(names), keypoints_2d_fit=pl.keypoints_2d[b],
+          reproj_px=np.float32(pl.reproj_px[b]), learned_steps=np.int32(res.learned_steps[b]),
+          refine_steps=np.int32(res.refine_steps)))
       _save_text(out / f"{s}.obj", obj_text(res.vertices[b], faces))
       files = [f"{s}.npz", f"{s}.obj"]
       if draw:
@@ -868,6 +962,8 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
       fits.append(dict(
           frame=det.frames[f], person=int(det.person_index[i]), file=det.frame_files[f],
           reproj_px=float(pl.reproj_px[b]), reproj=float(res.reproj[b]),
+          reproj_px_learned=float(res.reproj_px_learned[b]),
+          learned_steps=int(res.learned_steps[b]), refine_steps=int(res.refine_steps),
           num_confident_joints=int(num_conf[i]), in_front_of_camera=bool(pl.in_front[b]),
           focal_length=info["focal"], camera_center=list(info["center"]),
           image=None if info["image"] is None else str(info["image"]),
@@ -878,6 +974,8 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
   summary = dict(
       checkpoint=restored.path, checkpoint_step=int(restored.step), keypoints_file=det.path,
       format=det.format, keypoint_set=problem.kpset, num_steps=num_steps, training_window=window,
+      until_converged=bool(until_converged), tol=float(tol) if until_converged else None,
+      refine_steps=refine_steps, confidence=confidence,
       focal_length=(f"{float(focal_length):g} px (given)" if focal_length is not None
                     else "sqrt(W^2 + H^2) of the image or canvas"),
       fits=fits, skipped=skipped,
@@ -901,10 +999,12 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
 
 def table(summary: dict) -> str:
   """The summary's fits and skips as text lines."""
-  lines = [f"{'frame':24s} {'person':>6s} {'joints':>6s} {'reproj_px':>10s}"]
+  lines = [f"{'frame':24s} {'person':>6s} {'joints':>6s} {'learned':>7s} {'refine':>6s} "
+           f"{'reproj_px':>10s}"]
   for fit in summary["fits"]:
     lines.append(f"{fit['frame'][:24]:24s} {fit['person']:6d} {fit['num_confident_joints']:6d} "
-                 f"{fit['reproj_px']:10.2f}")
+                 f"{fit.get('learned_steps', summary['num_steps']):7d} "
+                 f"{fit.get('refine_steps', 0):6d} {fit['reproj_px']:10.2f}")
   for s in summary["skipped"]:
     who = "-" if s["person"] is None else str(s["person"])
     lines.append(f"{s['frame'][:24]:24s} {who:>6s} skipped: {s['reason']}")

@@ -62,21 +62,35 @@ def restore(ckpt: str | os.PathLike) -> Restored:
 
 
 def parse_data(spec: str | None) -> tuple[str, str | None]:
-  """``None``/"synthetic" or "amass:DIR" -> (name, path)."""
-  if not spec or spec == "synthetic":
+  """``None``/"synthetic[:KIND]" or "amass:DIR" -> (name, path or kind)."""
+  if not spec:
     return "synthetic", None
   name, _, path = spec.partition(":")
+  if name == "synthetic":
+    from lgd_jax.data import pose_sources
+    kinds = tuple(pose_sources.SOURCES) + ("train",)
+    if path and path not in kinds:
+      raise training.ConfigError(f"--data: expected 'synthetic:' + one of {kinds}, got {spec!r}")
+    return name, path or None
   if name != "amass" or not path:
-    raise training.ConfigError(f"--data: expected 'synthetic' or 'amass:DIR', got {spec!r}")
+    raise training.ConfigError(f"--data: expected 'synthetic', 'synthetic:KIND' or 'amass:DIR', "
+                               f"got {spec!r}")
   return name, path
 
 
 def held_out_source(config, data: str | None) -> tuple[str, training.PoseSource]:
-  """The held-out poses of ``--data``; without it, those of the checkpoint's own data."""
+  """The held-out poses of ``--data``; without it, those of the checkpoint's own data (for
+  synthetic training poses: the held-out test generator ``test_poses``, built differently)."""
   name, path = parse_data(data)
   amass_dir = path if name == "amass" else (config.amass_dir if data is None else "")
   if not amass_dir:
-    return "synthetic", training.PoseSource()
+    if name == "synthetic" and path == "train":
+      src = training.synthetic_source(config, "train")
+    elif name == "synthetic" and path:
+      src = training.PoseSource(kind=path)
+    else:
+      src = training.synthetic_source(config, "test")
+    return f"synthetic-{src.kind}", src
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.amass_dir = amass_dir
   _, val, _ = training.load_pose_data(cfg)

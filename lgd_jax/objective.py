@@ -109,6 +109,54 @@ def keypoints_3d(problem: Problem, theta: jnp.ndarray) -> jnp.ndarray:
   return body.keypoints(problem.model, p.pose, p.betas, p.transl, problem.kpset)
 
 
+CONFIDENCE_RULES = ("binary", "raw")
+
+
+def observe(problem: Problem, pixels: jnp.ndarray, conf: jnp.ndarray, focal=None, center=None,
+            confidence: str = "binary") -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The one input function: 2D keypoints in pixels and their scores -> what the fit sees.
+
+  Training, the benchmark protocols and detection fitting all go through it, so the network
+  sees at test time what it was trained on.
+
+  * Confidences (``confidence``): "binary" is the official code's rule (its ``validation_step``):
+    a score >= :data:`lgd_jax.camera.CONFIDENCE_THRESHOLD` (0.01) becomes 1, anything else 0,
+    so the objective's weights and the network's "conf" input are exactly the {0, 1} values of
+    training, whatever the detector's score scale; "raw" keeps scores at or above the threshold
+    as they are (0 below), an explicit option for users who want the detector's scores to
+    weigh the objective.
+  * Coordinates: the unit box of the confident joints (the official normalisation), or, when
+    the problem fits the camera translation, the normalised image plane (x - c) / f of the
+    camera with ``focal`` (..., 2 or scalar) and ``center`` (..., 2) (default: the problem's
+    camera); missing joints are placed as :func:`to_2d` places them.
+
+  Args:
+    problem: the fitting problem.
+    pixels: (..., K, 2) keypoints, pixels.
+    conf: (..., K) scores (0 = missing).
+    focal, center: the camera of ``pixels`` when the problem fits the translation, each
+      broadcasting to (..., 2) (a per-sample focal length: shape (..., 1)).
+    confidence: "binary" or "raw".
+
+  Returns:
+    (kp2d (..., K, 2) normalised, conf (..., K) the weights the objective and network use).
+  """
+  if confidence not in CONFIDENCE_RULES:
+    raise ValueError(f"confidence: expected one of {CONFIDENCE_RULES}, got {confidence!r}")
+  pixels = jnp.asarray(pixels, jnp.float32)
+  conf = jnp.asarray(conf, jnp.float32)
+  seen = conf >= camera.CONFIDENCE_THRESHOLD
+  weights = seen.astype(jnp.float32) if confidence == "binary" else jnp.where(seen, conf, 0.0)
+  if not problem.fit_translation:
+    return camera.normalize_unit_box(pixels, weights), weights
+  f = problem.camera.focal if focal is None else jnp.asarray(focal, jnp.float32)
+  c = problem.camera.center if center is None else jnp.asarray(center, jnp.float32)
+  f = jnp.broadcast_to(f, pixels.shape[:-2] + (2,))
+  c = jnp.broadcast_to(c, pixels.shape[:-2] + (2,))
+  norm = (pixels - c[..., None, :]) / f[..., None, :]
+  return jnp.where(seen[..., None], norm, 0.0), weights
+
+
 def to_2d(problem: Problem, kp3d: jnp.ndarray, conf: jnp.ndarray) -> jnp.ndarray:
   """Renders (..., K, 3) keypoints to the objective's normalised 2D frame (..., K, 2).
 

@@ -72,7 +72,8 @@ class ProtocolError(ValueError):
 
 def parse_spec(spec: str | None) -> tuple[str, str | None]:
   """``"3dpw:PATH"`` -> ("3dpw", PATH); also 3dpw-validation, 3dpw-train, h36m-p1, h36m-p2,
-  mpi-inf-3dhp. ``None``/"synthetic" -> ("synthetic", None) and "amass:DIR" -> ("amass", DIR)
+  mpi-inf-3dhp. ``None``/"synthetic[:KIND]" -> ("synthetic", KIND or None) and "amass:DIR" ->
+  ("amass", DIR)
   pass through for :mod:`lgd_jax.evaluation`.
 
   Raises:
@@ -81,7 +82,9 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
   if not spec or spec == "synthetic":
     return "synthetic", None
   name, sep, path = spec.partition(":")
-  known = ("synthetic", "amass:DIR") + tuple(f"{k}:PATH" for k in (*PW3D_SPECS, *SPIN_SPECS))
+  if name == "synthetic":
+    return "synthetic", path or None
+  known = ("synthetic", "synthetic:KIND", "amass:DIR") + tuple(f"{k}:PATH" for k in (*PW3D_SPECS, *SPIN_SPECS))
   if name not in PW3D_SPECS and name not in SPIN_SPECS and name != "amass":
     raise ProtocolError(f"--data {spec!r}: unknown data set {name!r}, expected one of "
                         f"{', '.join(known)}")
@@ -128,28 +131,35 @@ def map_keypoints(src_names, kp: np.ndarray, conf: np.ndarray, dst_names, aliase
   return out_kp, out_conf, unmatched
 
 
-_normalize_unit_box = jax.jit(camera.normalize_unit_box)
+_observe = jax.jit(objective.observe, static_argnames=("confidence",))
+
+
+def confidence_note(confidence: str) -> str:
+  return ("binarised (>= 0.01 -> 1, the official rule)" if confidence == "binary" else
+          "raw detector scores as weights")
 
 
 def problem_inputs(problem: Problem, pix: np.ndarray, conf: np.ndarray,
-                   intrinsics: np.ndarray | None = None, source: str = "") -> np.ndarray:
-  """Pixel keypoints (N, K, 2) -> the objective's normalised 2D frame (N, K, 2).
+                   intrinsics: np.ndarray | None = None, source: str = "",
+                   confidence: str = "binary") -> tuple[np.ndarray, np.ndarray]:
+  """Pixel keypoints (N, K, 2) and scores (N, K) -> the fit's input (kp2d, conf).
 
-  The unit box of the visible joints (the official normalisation) unless the problem fits the
-  translation; then the camera's normalised image plane (pix - c) / f, which needs the data's
-  intrinsics (N, 3, 3).
+  Through :func:`lgd_jax.objective.observe`, the input function of training and detection
+  fitting: the official code's confidence rule (score >= 0.01 -> 1, else 0) unless
+  ``confidence="raw"``; the unit box of the visible joints (the official normalisation) unless
+  the problem fits the translation, which needs the data's intrinsics (N, 3, 3).
   """
-  if not problem.fit_translation:
-    return np.asarray(_normalize_unit_box(jnp.asarray(pix, jnp.float32),
-                                          jnp.asarray(conf, jnp.float32)))
-  if intrinsics is None:
-    raise ProtocolError(f"{source}: the checkpoint fits the camera translation, which needs the "
-                        "data's camera intrinsics; this file has none (use a checkpoint trained "
-                        "with fit_translation=False)")
-  focal = np.stack([intrinsics[:, 0, 0], intrinsics[:, 1, 1]], -1)[:, None]
-  centre = intrinsics[:, :2, 2][:, None]
-  norm = (pix - centre) / focal
-  return np.where((conf >= camera.CONFIDENCE_THRESHOLD)[..., None], norm, 0.0).astype(np.float32)
+  focal = center = None
+  if problem.fit_translation:
+    if intrinsics is None:
+      raise ProtocolError(f"{source}: the checkpoint fits the camera translation, which needs "
+                          "the data's camera intrinsics; this file has none (use a checkpoint "
+                          "trained with fit_translation=False)")
+    focal = np.stack([intrinsics[:, 0, 0], intrinsics[:, 1, 1]], -1)
+    center = intrinsics[:, :2, 2]
+  kp2d, weights = _observe(problem, jnp.asarray(pix, jnp.float32), jnp.asarray(conf, jnp.float32),
+                           focal, center, confidence=confidence)
+  return np.asarray(kp2d, np.float32), np.asarray(weights, np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +230,8 @@ def _subsample(n: int, max_samples: int | None) -> np.ndarray:
   return np.unique(np.linspace(0, n - 1, max_samples).round().astype(np.int64))
 
 
-def _prepare_3dpw(problem: Problem, name: str, path: str, smpl_dir, max_samples, log):
+def _prepare_3dpw(problem: Problem, name: str, path: str, smpl_dir, max_samples, log,
+                  confidence: str = "binary"):
   split = PW3D_SPECS[name]
   data = pw3d.load(path, split, smpl_dir)
   keep = _subsample(len(data), max_samples)
@@ -230,7 +241,7 @@ def _prepare_3dpw(problem: Problem, name: str, path: str, smpl_dir, max_samples,
   kp, conf, unmatched = map_keypoints(data.keypoint_names, data.kp2d[keep], data.conf[keep],
                                       body.get_keypoint_set(problem.kpset).names)
   intrinsics = None if data.intrinsics is None else data.intrinsics[keep]
-  kp2d = problem_inputs(problem, kp, conf, intrinsics, path)
+  kp2d, conf = problem_inputs(problem, kp, conf, intrinsics, path, confidence)
   num_verts = {m.num_verts for m in gt_models}
   notes = []
   pve = num_verts == {problem.model.num_verts}
@@ -259,7 +270,8 @@ def _prepare_3dpw(problem: Problem, name: str, path: str, smpl_dir, max_samples,
   description = {
       "name": name, "split": split, "path": os.fspath(path), "sequence_files": len(data.files),
       "frames": "campose_valid frames of every actor",
-      "input": f"OpenPose COCO-18 poses2d with their confidences -> {problem.kpset}"
+      "input": f"OpenPose COCO-18 poses2d, confidences {confidence_note(confidence)} -> "
+               f"{problem.kpset}"
                + (f" (no source for {unmatched}: confidence 0)" if unmatched else ""),
       "ground_truth": "gendered SMPL joints (and vertices) from poses/betas, global orientation "
                       "in the camera frame, then diag(1,-1,-1); pelvis-centred",
@@ -273,7 +285,8 @@ def _prepare_3dpw(problem: Problem, name: str, path: str, smpl_dir, max_samples,
   return ProtocolData(name, "3dpw", kp2d, conf, gt, gt_models, regressor, pve, description)
 
 
-def _prepare_spin(problem: Problem, name: str, path: str, smpl_dir, max_samples, log):
+def _prepare_spin(problem: Problem, name: str, path: str, smpl_dir, max_samples, log,
+                  confidence: str = "binary"):
   regressor, reg_path = _load_regressor(smpl_dir)
   if regressor is None:
     raise ProtocolError(pw3d.missing_regressor_message(smpl_dir))
@@ -290,7 +303,7 @@ def _prepare_spin(problem: Problem, name: str, path: str, smpl_dir, max_samples,
   kp, conf, unmatched = map_keypoints(data.keypoint_names, data.kp2d[keep], data.conf[keep],
                                       body.get_keypoint_set(problem.kpset).names,
                                       spin.KEYPOINT_ALIASES)
-  kp2d = problem_inputs(problem, kp, conf, None, os.fspath(path))
+  kp2d, conf = problem_inputs(problem, kp, conf, None, os.fspath(path), confidence)
   source = ("part (visibility as confidence)" if data.keypoints_source == "part" else
             f"S projected by a nominal camera {spin.NOMINAL_DEPTH_M:g} m away (no part key)")
   gt_map, pred_map = ("J24_TO_J17", "H36M_TO_J17") if kind == "mpi" else ("J24_TO_J14",
@@ -311,12 +324,12 @@ def _prepare_spin(problem: Problem, name: str, path: str, smpl_dir, max_samples,
 
 
 def prepare(problem: Problem, name: str, path: str, smpl_dir=None, max_samples: int | None = None,
-            log=print) -> ProtocolData:
+            log=print, confidence: str = "binary") -> ProtocolData:
   """Loads a protocol's data set for ``problem`` (its keypoint set, body model and camera)."""
   if name in PW3D_SPECS:
-    return _prepare_3dpw(problem, name, path, smpl_dir, max_samples, log)
+    return _prepare_3dpw(problem, name, path, smpl_dir, max_samples, log, confidence)
   if name in SPIN_SPECS:
-    return _prepare_spin(problem, name, path, smpl_dir, max_samples, log)
+    return _prepare_spin(problem, name, path, smpl_dir, max_samples, log, confidence)
   raise ProtocolError(f"{name}: not a benchmark protocol, expected one of "
                       f"{', '.join((*PW3D_SPECS, *SPIN_SPECS))}")
 
@@ -454,7 +467,8 @@ def run_method(data: ProtocolData, problem: Problem, fit_fn, num_steps: int, bat
 def evaluate_dataset(restored, spec: str, num_steps: int | None = None, batch_size: int = 512,
                      max_samples: int | None = None, log=print,
                      extra_methods: dict[str, ExtraMethod] | None = None,
-                     smpl_dir: str | os.PathLike | None = None) -> dict:
+                     smpl_dir: str | os.PathLike | None = None,
+                     confidence: str = "binary") -> dict:
   """Fits a restored checkpoint (and optional other methods) to a benchmark and scores every step.
 
   Args:
@@ -468,6 +482,8 @@ def evaluate_dataset(restored, spec: str, num_steps: int | None = None, batch_si
       run on the same inputs and scored alike (e.g. classical baselines).
     smpl_dir: where the SMPL files and J_regressor_h36m.npy are (default $LGD_JAX_SMPL_DIR or
       third_party/smpl).
+    confidence: "binary" (the official rule: detector score >= 0.01 -> 1, else 0) or "raw"
+      (scores weigh the objective); see :func:`lgd_jax.objective.observe`.
 
   Returns:
     The results dictionary, laid out like :func:`lgd_jax.evaluation.evaluate`'s: "dataset",
@@ -489,7 +505,7 @@ def evaluate_dataset(restored, spec: str, num_steps: int | None = None, batch_si
     raise ProtocolError(f"--batch-size: expected a positive integer, got {batch_size}")
   problem = restored.problem
   t0 = time.perf_counter()
-  data = prepare(problem, name, path, smpl_dir, max_samples, log)
+  data = prepare(problem, name, path, smpl_dir, max_samples, log, confidence)
   log(f"evaluating {restored.path} on {len(data)} {name} samples ({time.perf_counter() - t0:.1f} s "
       f"to load), {num_steps} steps (training window N = {window})")
 

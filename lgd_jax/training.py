@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from tensorboardX import SummaryWriter
 
 from lgd_jax import body, camera, lgd, metrics, networks, objective, parallel
+from lgd_jax.data import augment
 from lgd_jax.body.model import NUM_POSE
 from lgd_jax.objective import Problem
 from lgd_jax.rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle
@@ -132,15 +133,19 @@ def check_config(config) -> None:
 
 @flax.struct.dataclass
 class PoseSource:
-  """Where training poses come from: arrays on the device (AMASS) or the synthetic sampler.
+  """Where poses come from: arrays on the device (AMASS) or a synthetic generator.
 
   Attributes:
-    poses: (P, 72) poses, or None for the synthetic sampler.
+    poses: (P, 72) poses, or None for a synthetic generator.
     betas: (P, B) shapes, or None.
+    kind: the synthetic generator (static): "broad" (training), "test" (held out, built
+      differently) or "keyframes" (the original keyframe sampler); see
+      :mod:`lgd_jax.data.pose_sources`.
   """
 
   poses: jnp.ndarray | None = None
   betas: jnp.ndarray | None = None
+  kind: str = flax.struct.field(pytree_node=False, default="broad")
 
   @property
   def size(self) -> int | None:
@@ -149,9 +154,9 @@ class PoseSource:
   def sample(self, key, n: int, num_betas: int):
     """n poses (n, 72) and shapes (n, num_betas), uniformly at random."""
     if self.poses is None:
-      from lgd_jax.data import synthetic
+      from lgd_jax.data import pose_sources, synthetic
       k_pose, k_beta = jax.random.split(key)
-      return (synthetic.sample_poses(k_pose, n),
+      return (pose_sources.sample(self.kind, k_pose, n),
               synthetic.sample_betas(k_beta, n, num_betas))
     idx = jax.random.randint(key, (n,), 0, self.poses.shape[0])
     betas = self.betas[idx]
@@ -177,8 +182,11 @@ class Batch(flax.struct.PyTreeNode):
   conf: jnp.ndarray  # (B, K) confidences (0 = dropped)
 
 
-def make_batch(problem: Problem, source: PoseSource, key, n: int, aug) -> Batch:
-  """Samples poses, rotates the root, renders 2D keypoints and drops some (all jittable)."""
+def make_batch(problem: Problem, source: PoseSource, key, n: int, aug,
+               detector: augment.DetectorSettings = augment.DetectorSettings()) -> Batch:
+  """Samples poses, rotates the root, renders 2D keypoints, drops some and, with ``detector``,
+  corrupts them like a 2D detector (all jittable); the input goes through
+  :func:`objective.observe`, the same function as real detections."""
   k_src, k_rot, k_drop, k_tr = jax.random.split(key, 4)
   pose, betas = source.sample(k_src, n, problem.num_betas)
   yaw, pitch, roll = jnp.deg2rad(jax.random.uniform(k_rot, (3, n), minval=-1.0, maxval=1.0)
@@ -194,7 +202,9 @@ def make_batch(problem: Problem, source: PoseSource, key, n: int, aug) -> Batch:
   theta = objective.join(problem, pose, betas, transl)
   kp3d = objective.keypoints_3d(problem, theta)
   conf = (jax.random.uniform(k_drop, kp3d.shape[:2]) >= aug.drop_prob).astype(kp3d.dtype)
-  kp2d = objective.to_2d(problem, kp3d, conf)
+  pix = camera.project(kp3d, problem.camera)
+  pix, scores = augment.corrupt(jax.random.fold_in(key, 5), pix, conf, problem.kpset, detector)
+  kp2d, conf = objective.observe(problem, pix, scores)
   return Batch(theta, kp3d, kp2d, conf)
 
 
@@ -411,8 +421,11 @@ def training_loss(problem: Problem, traj: lgd.Trajectory, batch: Batch, weights,
   jw = jnp.asarray(objective.joint_weights(problem.kpset))[:, None]
   p = objective.split(problem, traj.theta)
   gt = objective.split(problem, batch.theta)
+  # The 2D target is the rendering of the truth (for clean inputs exactly the input), not the
+  # detector-like input: the fit should find the true body, not the noise.
+  target2d = objective.to_2d(problem, batch.kp3d, batch.conf)
   parts = {
-      "kp2d": jnp.mean(jw * jnp.abs(traj.kp2d - batch.kp2d), axis=(1, 2, 3)),
+      "kp2d": jnp.mean(jw * jnp.abs(traj.kp2d - target2d), axis=(1, 2, 3)),
       "kp3d": jnp.mean(jw * jnp.abs(traj.kp3d - batch.kp3d), axis=(1, 2, 3)),
       "pose": jnp.mean(jnp.abs(p.pose - gt.pose), axis=(1, 2)),
       "betas": jnp.mean(jnp.abs(p.betas - gt.betas), axis=(1, 2)),
@@ -507,6 +520,7 @@ class StepSettings(NamedTuple):
   mesh: Mesh | None = None  # split the batch over this mesh's devices
   on_nonfinite: str = "stop"  # "stop": freeze after the first bad step; "skip": skip bad steps
   unroll: UnrollSettings | None = None  # None: the fixed N-step unroll
+  detector: augment.DetectorSettings = augment.DetectorSettings()  # detector-like 2D input
 
 
 @functools.partial(jax.jit, static_argnames=("learner", "settings"), donate_argnums=(0,))
@@ -521,7 +535,8 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
   """
   k_batch, k_drop = jax.random.split(key)
   batch = parallel.constrain_batch(
-      make_batch(problem, source, k_batch, settings.batch_size, settings.augment), settings.mesh)
+      make_batch(problem, source, k_batch, settings.batch_size, settings.augment,
+                 settings.detector), settings.mesh)
   weights = dict(settings.loss_weights)
   u = settings.unroll
   plain = u is None or (u.length == "fixed" and not u.late and not u.fixed_point
@@ -593,8 +608,16 @@ def make_train_step(learner: lgd.Learner, config, steps_per_epoch: int,
       optimizer_settings(config, steps_per_epoch),
       mesh if mesh is not None and mesh.devices.size > 1 else None,
       str(config.get("on_nonfinite", "stop")),
-      u)
+      u, detector_settings(config))
   return functools.partial(train_step, learner=learner, settings=settings)
+
+
+def detector_settings(config) -> augment.DetectorSettings:
+  """The config's ``detector`` group (detector-like 2D input; absent = off)."""
+  try:
+    return augment.settings_from(config.get("detector"))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,18 +648,20 @@ def eval_lgd(learner, variables, problem, batch: Batch, num_steps: int):
   return trajectory_metrics(problem, traj, batch.theta), traj.theta
 
 
-_make_batch_jit = jax.jit(make_batch, static_argnames=("n", "aug"))
+_make_batch_jit = jax.jit(make_batch, static_argnames=("n", "aug", "detector"))
 
 
 def validation_batches(config, problem: Problem, source: PoseSource, num: int, seed: int,
-                       batch_size: int):
-  """Fixed held-out batches (same augmentation as training, its own random stream)."""
+                       batch_size: int,
+                       detector: augment.DetectorSettings = augment.DetectorSettings()):
+  """Fixed held-out batches (the training's root rotations and keypoint drop, its own random
+  stream; exact 2D input unless ``detector`` asks for detector-like input)."""
   aug = ml_collections.FrozenConfigDict(config.augment)
   out, done, i = [], 0, 0
   while done < num:
     n = min(batch_size, num - done)
     key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-    out.append(_make_batch_jit(problem, source, key, n=n, aug=aug))
+    out.append(_make_batch_jit(problem, source, key, n=n, aug=aug, detector=detector))
     done, i = done + n, i + 1
   return out
 
@@ -651,10 +676,23 @@ def mean_over_batches(results: list[dict], sizes: list[int]) -> dict:
 # The training loop.
 
 
+def synthetic_source(config, split: str = "train") -> PoseSource:
+  """The config's synthetic generator for training (``poses``) or held-out tests
+  (``test_poses``)."""
+  from lgd_jax.data import pose_sources
+  field = "poses" if split == "train" else "test_poses"
+  kind = config.get(field, "keyframes" if split == "train" else "test")
+  if kind not in pose_sources.SOURCES:
+    raise ConfigError(f"{field}: expected one of {tuple(pose_sources.SOURCES)}, got {kind!r}")
+  return PoseSource(kind=kind)
+
+
 def load_pose_data(config) -> tuple[PoseSource, PoseSource, int]:
-  """(train source, validation source, steps per epoch) of the config's data."""
+  """(train source, validation source, steps per epoch) of the config's data; the synthetic
+  validation source is the held-out test generator."""
   if not config.amass_dir:
-    return PoseSource(), PoseSource(), int(config.steps_per_epoch)
+    return (synthetic_source(config, "train"), synthetic_source(config, "test"),
+            int(config.steps_per_epoch))
   from lgd_jax.data import amass
   fps = float(config.amass_fps) if config.amass_fps and config.amass_fps > 0 else None
   data = amass.load_or_preprocess(config.amass_dir, cache_path=config.amass_cache or None,

@@ -221,8 +221,9 @@ def test_fit_translation_needs_intrinsics(tiny):
   with pytest.raises(protocols.ProtocolError, match="intrinsics"):
     protocols.problem_inputs(problem, np.zeros((1, 18, 2)), np.ones((1, 18)), None, "x.npz")
   k = np.array([[[1000.0, 0, 500], [0, 1000.0, 400], [0, 0, 1]]])
-  out = protocols.problem_inputs(problem, np.full((1, 18, 2), 600.0), np.ones((1, 18)), k)
+  out, conf = protocols.problem_inputs(problem, np.full((1, 18, 2), 600.0), np.ones((1, 18)), k)
   np.testing.assert_allclose(out[0, 0], [0.1, 0.2], atol=1e-6)
+  np.testing.assert_array_equal(conf, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_evaluate_from_checkpoint(trained, tmp_path):
   results = evaluation.evaluate(workdir, num_steps=2, num_samples=32, batch_size=32,
                                 log=lambda m: None, fits_png=fits, classical=False)
   assert os.path.getsize(fits) > 20_000
-  assert results["dataset"] == "synthetic" and results["num_samples"] == 32
+  assert results["dataset"] == "synthetic-test" and results["num_samples"] == 32
   assert set(results["methods"]) == {"lgd", "gd", "adam"}
   for vals in results["methods"].values():
     assert set(vals) == set(evaluation.METRICS)
