@@ -7,7 +7,8 @@
     python evaluate.py --ckpt DIR --convergence --out-dir DIR2  # supplementary Figs 1-4
     python evaluate.py --ckpt DIR --keypoints PATH --out-dir DIR2 [--images DIR]
 
---ckpt is a training workdir (its latest checkpoint) or one checkpoint's directory. --data is
+--ckpt is a training workdir (its latest checkpoint), one checkpoint's directory or a pretrained
+.npz; without it, the packaged pretrained model (trained on the free body model) is used. --data is
 'synthetic', 'amass:DIR', '3dpw:PATH' (also 3dpw-validation:, 3dpw-train:), 'h36m-p1:NPZ',
 'h36m-p2:NPZ' or 'mpi-inf-3dhp:NPZ'; SMPL files and J_regressor_h36m.npy are read from
 third_party/smpl (or --smpl-dir / $LGD_JAX_SMPL_DIR). --keypoints takes OpenPose JSON (a file or a
@@ -21,7 +22,9 @@ import sys
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--ckpt", required=True, help="training workdir or checkpoint directory")
+  parser.add_argument("--ckpt", default=None,
+                      help="training workdir, checkpoint directory or pretrained .npz (default: "
+                           "the packaged pretrained model)")
   parser.add_argument("--steps", type=int, default=None,
                       help="iterations M (default max(20, 2N): past the training window; "
                            "--keypoints: N; --convergence: 100)")
@@ -60,6 +63,12 @@ def main(argv=None) -> int:
                       help="output directory of --convergence and --keypoints")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace the results of an earlier run in --out-dir")
+  parser.add_argument("--inputs", choices=("exact", "detector"), default="exact",
+                      help="held-out samples and --convergence: exact 2D keypoints (default) or "
+                           "detector-like ones (noise, score jitter, swaps, truncation, outliers)")
+  parser.add_argument("--detector", action="append", default=None, metavar="KEY=VALUE",
+                      help="--inputs detector: override a knob (noise, score_jitter, swap_prob, "
+                           "truncate_prob, outlier_prob); repeatable")
   parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
   args = parser.parse_args(argv)
   if args.convergence and args.keypoints:
@@ -78,6 +87,18 @@ def main(argv=None) -> int:
       if v is not None and v < 1:
         raise ConfigError(f"--{name.replace('_', '-')}: expected a positive integer, got {v}")
 
+  def detector():
+    from lgd_jax.data import augment
+    from lgd_jax.training import ConfigError
+    if args.inputs == "exact":
+      if args.detector:
+        raise ConfigError("--detector: only with --inputs detector")
+      return None
+    try:
+      return augment.parse_overrides(args.detector)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
   def run():
     positive(num_samples=args.num_samples, batch_size=args.batch_size, steps=args.steps)
     if args.keypoints:
@@ -92,10 +113,12 @@ def main(argv=None) -> int:
 
   def held_out():
     from lgd_jax import evaluation
-    out = args.out or os.path.join(args.ckpt, "results.json")
+    out = args.out or (os.path.join(args.ckpt, "results.json") if args.ckpt and os.path.isdir(
+        args.ckpt) else "results.json")
     fits = os.path.splitext(out)[0] + "_fits.png"
     results = evaluation.evaluate(args.ckpt, args.steps, args.data, args.num_samples or 1024,
-                                  args.batch_size, log=err, fits_png=fits)
+                                  args.batch_size, log=err, fits_png=fits, detector=detector(),
+                                  until_converged=args.until_converged, tol=args.tol)
     print(evaluation.table(results))
     for path in evaluation.write_results(results, out) + [fits]:
       err(f"wrote {path}")
@@ -106,9 +129,11 @@ def main(argv=None) -> int:
     extra = None if args.no_baselines else baselines.protocol_methods(restored)
     results = protocols.evaluate_dataset(restored, args.data, args.steps, args.batch_size,
                                          args.num_samples, log=err, extra_methods=extra,
-                                         smpl_dir=args.smpl_dir)
+                                         smpl_dir=args.smpl_dir, confidence=args.confidence)
     print(protocols.table(results))
-    out = args.out or os.path.join(args.ckpt, f"results_{results['dataset']}.json")
+    name = f"results_{results['dataset']}.json"
+    out = args.out or (os.path.join(args.ckpt, name) if args.ckpt and os.path.isdir(args.ckpt)
+                       else name)
     for path in evaluation.write_results(results, out):
       err(f"wrote {path}")
 
@@ -118,7 +143,7 @@ def main(argv=None) -> int:
     restored = evaluation.restore(args.ckpt)
     summary = conv.run(restored, args.out_dir, num_iters=args.steps or 100,
                        num_samples=args.num_samples or 256, batch_size=args.batch_size, log=err,
-                       data=args.data, overwrite=args.overwrite)
+                       data=args.data, overwrite=args.overwrite, detector=detector())
     print(conv.table(summary))
 
   def fit_keypoints():

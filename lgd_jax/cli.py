@@ -13,12 +13,14 @@ from lgd_jax.data.pw3d import Pw3dError
 from lgd_jax.data.spin import SpinDataError
 from lgd_jax.detections import DetectionError
 from lgd_jax.parallel import ShardingError
+from lgd_jax.pretrained import PretrainedError
 from lgd_jax.protocols import ProtocolError
 from lgd_jax.training import ConfigError, TrainingStopped
 
 # Errors whose message is complete for a user: shown as one line, exit code 2.
 USER_ERRORS = (ConfigError, ModelFileError, CheckpointError, AmassError, ShardingError,
                DetectionError, Pw3dError, SpinDataError, ProtocolError, PriorFileError,
+               PretrainedError,
                FileNotFoundError,
                IsADirectoryError, PermissionError)
 

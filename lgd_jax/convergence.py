@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 from lgd_jax import baselines, evaluation, lgd, training
+from lgd_jax.data import augment
 from lgd_jax.objective import Problem
 
 STARTS = ("zero", "one_step")
@@ -146,7 +147,8 @@ def _tune(runner: _Runner, method, grid, theta0, batch):
 def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
         num_samples: int = 256, batch_size: int = 256, log=print, data: str | None = None,
         include_smplify: bool = True, overwrite: bool = False,
-        methods: tuple[str, ...] | None = None, write_files: bool = True) -> dict:
+        methods: tuple[str, ...] | None = None, write_files: bool = True,
+        detector=None) -> dict:
   """Runs the convergence analysis and writes its figures, CSV and summary to ``out_dir``.
 
   Args:
@@ -162,6 +164,8 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
     methods: the methods to run (default: all of :data:`METHOD_LABELS`, SMPLify-style only with
       ``include_smplify``); e.g. ("lgd",) for the learned curves alone.
     write_files: write the figures, CSV and summary (otherwise only return the summary).
+    detector: a :class:`lgd_jax.data.augment.DetectorSettings` for detector-like 2D inputs of the
+      held-out samples (None: exact inputs).
 
   Returns:
     The summary dictionary (also written as ``summary.json``), with per start and method the
@@ -180,13 +184,15 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
   window = int(r.config.num_steps)
   name, source = evaluation.held_out_source(r.config, data)
   seed = int(r.config.val_seed) + 1  # as evaluation.evaluate: not the training's validation set
+  det = augment.DetectorSettings() if detector is None else detector
   batches = training.validation_batches(r.config, r.problem, source, num_samples, seed,
-                                        batch_size)
+                                        batch_size, det)
   sizes = [b.theta.shape[0] for b in batches]
   tuning = training.validation_batches(r.config, r.problem, source, sizes[0],
-                                       seed + evaluation.TUNING_SEED_OFFSET, sizes[0])[0]
-  log(f"convergence analysis of {r.path}: {sum(sizes)} held-out {name} samples, {num_iters} "
-      f"iterations, training window N = {window}")
+                                       seed + evaluation.TUNING_SEED_OFFSET, sizes[0], det)[0]
+  log(f"convergence analysis of {r.path}: {sum(sizes)} held-out {name} samples "
+      f"({evaluation.input_label(det)} 2D input), {num_iters} iterations, training window "
+      f"N = {window}")
 
   methods = list(methods) if methods is not None else \
       ["lgd", "gd", "gd_ls", "adam"] + (["smplify"] if include_smplify else [])
@@ -240,6 +246,7 @@ def run(restored: evaluation.Restored, out_dir: str, num_iters: int = 100,
 
   summary = {
       "checkpoint": r.path, "checkpoint_step": r.step, "dataset": name,
+      "inputs": evaluation.input_label(det), "detector": det._asdict(),
       "num_samples": int(sum(sizes)), "num_iters": num_iters, "training_window": window,
       "report_iters": sorted({i for i in REPORT_ITERS if i <= num_iters} | {num_iters}),
       "settings": settings, "wall_time": timing, "curves": results,
@@ -295,7 +302,8 @@ def write(summary: dict, out_dir: str) -> list[str]:
 def table(summary: dict) -> str:
   """The summary as a Markdown table: errors at the report iterations and wall time."""
   iters = summary["report_iters"]
-  lines = [f"Convergence on {summary['num_samples']} held-out {summary['dataset']} samples, "
+  lines = [f"Convergence on {summary['num_samples']} held-out {summary['dataset']} samples "
+           f"({summary.get('inputs', 'exact')} 2D input), "
            f"{summary['num_iters']} iterations (training window N = "
            f"{summary['training_window']}); checkpoint `{summary['checkpoint']}`.", "",
            "| start | method | setting | " + " | ".join(

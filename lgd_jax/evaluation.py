@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from lgd_jax import checkpoints, lgd, objective, parallel, training
+from lgd_jax.data import augment
 from lgd_jax.objective import Problem
 
 METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pck150", "auc", "reproj")
@@ -29,7 +30,8 @@ GD_STEP_SIZES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 ADAM_LEARNING_RATES = (0.003, 0.01, 0.03, 0.1, 0.3)
 TUNING_SEED_OFFSET = 7919  # the tuning batch's stream, apart from the held-out samples
 NUM_FIGURE_SAMPLES = 3  # held-out samples drawn by plot_fits
-METHOD_LABELS = {"lgd": "learned (ours)", "gd": "gradient descent", "adam": "Adam",
+METHOD_LABELS = {"lgd": "learned (ours)", "lgd_converged": "learned, until converged",
+                 "gd": "gradient descent", "adam": "Adam",
                  "gd_ls": "GD + line search", "smplify": "SMPLify-style"}
 
 
@@ -43,8 +45,15 @@ class Restored:
   path: str
 
 
-def restore(ckpt: str | os.PathLike) -> Restored:
-  """Rebuilds the body model, the problem and the learner from a checkpoint alone."""
+def restore(ckpt: str | os.PathLike | None = None) -> Restored:
+  """Rebuilds the body model, the problem and the learner from a checkpoint alone.
+
+  ``ckpt``: a training workdir, one checkpoint's directory, or a pretrained ``.npz``; None (or
+  "pretrained") is the packaged pretrained model (:mod:`lgd_jax.pretrained`).
+  """
+  from lgd_jax import pretrained
+  if pretrained.is_pretrained(ckpt):
+    return _restore_pretrained(ckpt)
   directory, step = checkpoints.locate(ckpt)
   config = checkpoints.read_config(directory, step)
   model = training.load_body_model(config)
@@ -59,6 +68,35 @@ def restore(ckpt: str | os.PathLike) -> Restored:
   variables = parallel.replicate({"params": state.params, "batch_stats": state.batch_stats}, mesh)
   problem = parallel.replicate(problem, mesh)
   return Restored(config, problem, learner, variables, step, str(directory / str(step)))
+
+
+def _restore_pretrained(ckpt) -> Restored:
+  from lgd_jax import pretrained
+  config, flat_vars, meta, path = pretrained.load(ckpt)
+  model = training.load_body_model(config)
+  problem = training.make_problem(config, model)
+  learner = training.make_learner(config, problem)
+  template = learner.init(jax.random.PRNGKey(0), problem)
+  loaded = {}
+
+  def take(key_path, leaf):
+    name = "/".join(str(getattr(k, "key", k)) for k in key_path)
+    node = flat_vars
+    for part in name.split("/"):
+      if not isinstance(node, dict) or part not in node:
+        raise pretrained.PretrainedError(f"{path}: no variable {name!r} for its config's network")
+      node = node[part]
+    if np.shape(node) != np.shape(leaf):
+      raise pretrained.PretrainedError(f"{path}: variable {name!r} has shape {np.shape(node)}, "
+                                       f"expected {np.shape(leaf)}")
+    loaded[name] = True
+    return jnp.asarray(node, leaf.dtype)
+
+  variables = jax.tree_util.tree_map_with_path(take, template)
+  mesh = parallel.make_mesh()
+  variables = parallel.replicate(variables, mesh)
+  problem = parallel.replicate(problem, mesh)
+  return Restored(config, problem, learner, variables, int(meta.get("step", 0)), str(path))
 
 
 def parse_data(spec: str | None) -> tuple[str, str | None]:
@@ -120,12 +158,17 @@ def tune(problem: Problem, method: str, candidates, batch: training.Batch, windo
 
 def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
              num_samples: int = 1024, batch_size: int = 512, log=print,
-             fits_png: str | None = None, classical: bool = True) -> dict:
+             fits_png: str | None = None, classical: bool = True, detector=None,
+             until_converged: bool = False, tol: float = 1e-4) -> dict:
   """Evaluates LGD, tuned GD and tuned Adam for ``num_steps`` (default max(20, 2N)) steps, and
   with ``classical`` also GD with a line search and the SMPLify-style fit (baselines.py).
 
   Returns the ``results.json`` dictionary: per method, each metric as a list over steps 0..M.
   ``fits_png``: also draw a few held-out samples' fitted bodies after N steps there.
+  ``detector``: a :class:`lgd_jax.data.augment.DetectorSettings` for detector-like 2D inputs
+  (None: exact inputs). ``until_converged``: add "lgd_converged", the learned update with the
+  stopping rule (relative change of the objective <= ``tol``, at most M steps); its curves hold
+  each sample's final state after its stop, and ``stop_steps`` records where they stopped.
   """
   r = restore(ckpt)
   window = int(r.config.num_steps)
@@ -134,17 +177,18 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
     raise training.ConfigError(f"--steps: expected a positive integer, got {num_steps}")
   name, source = held_out_source(r.config, data)
   seed = int(r.config.val_seed) + 1  # not the validation batches seen during training
+  det = augment.DetectorSettings() if detector is None else detector
   batches = training.validation_batches(r.config, r.problem, source, num_samples, seed,
-                                        batch_size)
+                                        batch_size, det)
   sizes = [b.theta.shape[0] for b in batches]
   # A separate batch of the evaluation batches' shape, so tuning reuses their compiled programs.
   tuning = training.validation_batches(r.config, r.problem, source, sizes[0],
-                                       seed + TUNING_SEED_OFFSET, sizes[0])[0]
+                                       seed + TUNING_SEED_OFFSET, sizes[0], det)[0]
   mesh = parallel.make_mesh()
   batches = [parallel.shard_batch(b, mesh) for b in batches]
   tuning = parallel.shard_batch(tuning, mesh)
-  log(f"evaluating {r.path} on {sum(sizes)} held-out {name} samples, {num_steps} steps "
-      f"(training window N = {window})")
+  log(f"evaluating {r.path} on {sum(sizes)} held-out {name} samples "
+      f"({input_label(det)} 2D input), {num_steps} steps (training window N = {window})")
 
   methods, settings, timing, fits = {}, {}, {}, {}
   t0 = time.perf_counter()
@@ -152,6 +196,18 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
   methods["lgd"] = training.mean_over_batches(jax.device_get([m for m, _ in res]), sizes)
   fits["lgd"] = res[0][1][min(window, num_steps), :NUM_FIGURE_SAMPLES]
   timing["lgd"] = time.perf_counter() - t0
+  stops = None
+  if until_converged:
+    t0 = time.perf_counter()
+    res = [eval_lgd_converged(r.learner, r.variables, r.problem, b, num_steps, tol,
+                              min(window, num_steps)) for b in batches]
+    methods["lgd_converged"] = training.mean_over_batches(jax.device_get([m for m, _ in res]),
+                                                          sizes)
+    steps = np.concatenate([np.asarray(s) for _, s in res])
+    stops = {"tol": tol, "mean": float(steps.mean()), "median": float(np.median(steps)),
+             "max": int(steps.max()), "converged_fraction": float(np.mean(steps < num_steps))}
+    timing["lgd_converged"] = time.perf_counter() - t0
+    log(f"  lgd_converged: stopped after {stops['mean']:.1f} steps on average (tol {tol:g})")
   for method, grid in (("gd", GD_STEP_SIZES), ("adam", ADAM_LEARNING_RATES)):
     t0 = time.perf_counter()
     best, scores = tune(r.problem, method, grid, tuning, min(window, num_steps), num_steps)
@@ -177,7 +233,22 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
                   for m, vals in methods.items()},
       "baseline_settings": settings,
       "wall_time_s": timing,
+      "inputs": input_label(det), "detector": det._asdict(),
+      **({"stop_steps": stops} if stops else {}),
   }
+
+
+def input_label(det) -> str:
+  return "detector-like" if det.enabled else "exact"
+
+
+@functools.partial(jax.jit, static_argnames=("learner", "num_steps", "min_steps"))
+def eval_lgd_converged(learner, variables, problem, batch: training.Batch, num_steps: int, tol,
+                       min_steps: int):
+  """Per-step metrics of the learned fit with the stopping rule, and each sample's stop."""
+  traj, stop = lgd.fit_until_converged(learner, variables, problem, batch.kp2d, batch.conf,
+                                       num_steps, tol, min_steps)
+  return training.trajectory_metrics(problem, traj, batch.theta), stop.steps
 
 
 def _classical(r, batches, tuning, sizes, window, num_steps, methods, settings, timing, fits, log):

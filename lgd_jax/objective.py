@@ -195,7 +195,9 @@ def penalty(diff: jnp.ndarray, loss: str, delta: float = ROBUST_DELTA) -> jnp.nd
     return jnp.abs(diff)
   if loss == "l2":
     return jnp.square(diff)
-  return delta * (jnp.sqrt(1.0 + jnp.square(diff / delta)) - 1.0)
+  # δ(sqrt(1 + r²) - 1) = δ r² / (sqrt(1 + r²) + 1): no cancellation for small r in float32.
+  r2 = jnp.square(diff / delta)
+  return delta * r2 / (jnp.sqrt(1.0 + r2) + 1.0)
 
 
 def value_and_grad(problem: Problem, theta: jnp.ndarray, kp2d: jnp.ndarray, conf: jnp.ndarray):

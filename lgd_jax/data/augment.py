@@ -53,6 +53,24 @@ class DetectorSettings(NamedTuple):
 
 
 KNOBS = DetectorSettings._fields
+# The detector-like held-out inputs of evaluate.py and the convergence analysis (--inputs
+# detector): the same for every checkpoint, so that tables compare.
+EVAL_DETECTOR = DetectorSettings(noise=0.02, score_jitter=0.1, swap_prob=0.3, truncate_prob=0.05,
+                                 outlier_prob=0.01)
+
+
+def parse_overrides(values, base: DetectorSettings = EVAL_DETECTOR) -> DetectorSettings:
+  """``["noise=0.03", "swap_prob=0"]`` (command-line ``--detector`` values) applied to ``base``."""
+  out = base._asdict()
+  for item in values or ():
+    key, sep, value = item.partition("=")
+    if not sep or key not in out:
+      raise ValueError(f"--detector {item!r}: expected KEY=VALUE with KEY one of {KNOBS}")
+    try:
+      out[key] = float(value)
+    except ValueError:
+      raise ValueError(f"--detector {item!r}: expected a number after '='") from None
+  return settings_from(out)
 
 
 def settings_from(group) -> DetectorSettings:
