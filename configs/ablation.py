@@ -40,6 +40,19 @@ VARIANTS = {
     "gd_term": ("learned preconditioned gradient term (rate 0.1)", {"model.gd_rate": 0.1}),
     "gate": ("update gated by the gradient norm (robust objective)",
              {**ROBUST, "model.gate": 0.01}),
+    # Combinations.
+    "late+robust": ("late starts, robust objective", {**LATE, **ROBUST}),
+    "late+robust+layer": ("late starts, robust objective, LayerNorm",
+                          {**LATE, **ROBUST, "model.norm": "layer"}),
+    "late+robust+fp": ("late starts, robust objective, fixed points",
+                       {**LATE, **ROBUST, **FIXED_POINT}),
+    "late+robust+fp+gd": ("late starts, robust objective, fixed points, gradient term",
+                          {**LATE, **ROBUST, **FIXED_POINT, "model.gd_rate": 0.1}),
+    "late+robust+fp+len": ("late starts, robust objective, fixed points, length 1..20",
+                           {**LATE, **ROBUST, **FIXED_POINT, "unroll.length": "uniform",
+                            "unroll.max_steps": 20}),
+    "late50+robust+fp": ("half of each batch continued, robust objective, fixed points",
+                         {**LATE, "unroll.late_fraction": 0.5, **ROBUST, **FIXED_POINT}),
 }
 
 
