@@ -23,6 +23,7 @@ Fields (all overridable on the command line, ``--config.key=value``):
   stays) or "skip" (the batch is skipped and counted in ``skipped_steps``).
 * ``model``: the update network (``variant`` "paper" or "official", widths, dropout, output scale,
   initial guess "zero" or "learned", input features, stopped gradient, scan unroll, dtype,
+  ``init_style`` "flax" / "pytorch" (how the Dense layers start, see :mod:`lgd_jax.networks`),
   ``norm`` "batch" / "batch_per_step" / "layer" / "none", and the step's form: ``damping`` τ of a
   harmonic step-size schedule, ``gate`` of the update by the gradient norm, ``gd_rate`` of a
   learned preconditioned gradient term; 0 = off; see :class:`lgd_jax.lgd.Learner`).
@@ -94,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.unroll = 1
   c.model.dtype = "float32"
   c.model.norm = "batch"
+  # How the Dense layers start: "flax" (LeCun normal, zero biases) or "pytorch" (nn.Linear's
+  # U(±1/sqrt(fan_in)) for kernels and biases, the official code's; configs/official.py).
+  c.model.init_style = "flax"
   c.model.damping = 0.0
   c.model.gate = 0.0
   c.model.gd_rate = 0.0

@@ -82,12 +82,16 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
   norm = m.get("norm", "batch")
   if norm not in networks.NORMS:
     raise ConfigError(f"model.norm: expected one of {networks.NORMS}, got {norm!r}")
+  init_style = m.get("init_style", "flax")
+  if init_style not in networks.INIT_STYLES:
+    raise ConfigError(f"model.init_style: expected one of {networks.INIT_STYLES}, got "
+                      f"{init_style!r}")
   if m.variant == "paper":
     net = networks.PaperUpdateNet(problem.num_params, m.hidden, m.num_blocks, m.dropout,
-                                  m.out_init_scale, dtype, norm)
+                                  m.out_init_scale, dtype, norm, init_style)
   elif m.variant == "official":
     net = networks.OfficialUpdateNet(sizes, m.hidden, m.num_residual, m.dropout,
-                                     m.out_init_scale, dtype, norm)
+                                     m.out_init_scale, dtype, norm, init_style)
   else:
     raise ConfigError(f"model.variant: expected 'paper' or 'official', got {m.variant!r}")
   for name in ("damping", "gate", "gd_rate"):
@@ -97,7 +101,7 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
     init_net = None
   elif m.init == "learned":
     init_net = networks.OfficialUpdateNet(sizes, m.hidden, m.num_residual, m.dropout,
-                                          m.out_init_scale, dtype)
+                                          m.out_init_scale, dtype, init_style=init_style)
   else:
     raise ConfigError(f"model.init: expected 'zero' or 'learned', got {m.init!r}")
   return lgd.Learner(net, init_net, features, m.output_scale, m.stop_gradient, m.grad_scale,
