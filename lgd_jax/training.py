@@ -141,7 +141,9 @@ class PoseSource:
 
   Attributes:
     poses: (P, 72) poses, or None for a synthetic generator.
-    betas: (P, B) shapes, or None.
+    betas: (S, B) shapes: one row per sequence when ``seq`` is given (AMASS), else one per pose;
+      or None.
+    seq: (P,) int32 row of ``betas`` of each pose, or None (``betas`` is per pose).
     kind: the synthetic generator (static): "broad" (training), "test" (held out, built
       differently) or "keyframes" (the original keyframe sampler); see
       :mod:`lgd_jax.data.pose_sources`.
@@ -149,6 +151,7 @@ class PoseSource:
 
   poses: jnp.ndarray | None = None
   betas: jnp.ndarray | None = None
+  seq: jnp.ndarray | None = None
   kind: str = flax.struct.field(pytree_node=False, default="broad")
 
   @property
@@ -163,7 +166,7 @@ class PoseSource:
       return (pose_sources.sample(self.kind, k_pose, n),
               synthetic.sample_betas(k_beta, n, num_betas))
     idx = jax.random.randint(key, (n,), 0, self.poses.shape[0])
-    betas = self.betas[idx]
+    betas = self.betas[idx if self.seq is None else self.seq[idx]]
     if betas.shape[-1] < num_betas:
       betas = jnp.pad(betas, ((0, 0), (0, num_betas - betas.shape[-1])))
     return self.poses[idx], betas[:, :num_betas]
@@ -701,8 +704,9 @@ def load_pose_data(config) -> tuple[PoseSource, PoseSource, int]:
   fps = float(config.amass_fps) if config.amass_fps and config.amass_fps > 0 else None
   data = amass.load_or_preprocess(config.amass_dir, cache_path=config.amass_cache or None,
                                   fps=fps, val_fraction=config.val_fraction)
-  train = PoseSource(jnp.asarray(data["train_poses"]), jnp.asarray(data["train_betas"]))
-  val = PoseSource(jnp.asarray(data["val_poses"]), jnp.asarray(data["val_betas"]))
+  train, val = (PoseSource(jnp.asarray(data[f"{s}_poses"]),
+                           jnp.asarray(data[f"{s}_sequence_betas"]), jnp.asarray(data[f"{s}_seq"]))
+                for s in ("train", "val"))
   if val.size == 0:
     val = train
   return train, val, max(1, train.size // int(config.batch_size))
