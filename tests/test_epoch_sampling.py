@@ -14,6 +14,7 @@ import pytest
 from conftest import tiny_train_config
 from fake_datasets import write_amass_tree
 from lgd_jax import evaluation, training
+from lgd_jax.config import base_config, with_defaults
 
 NUM_POSES = 103
 NUM_SEQ = 7
@@ -141,6 +142,12 @@ def test_amass_sources_hold_betas_per_sequence(amass_dir, tmp_path):
   c.amass_sampling = "shuffle"
   with pytest.raises(training.ConfigError, match="amass_sampling"):
     training.check_config(c)
+
+
+def test_configs_of_before_epoch_sampling_read_back_as_replacement():
+  """A checkpoint's config from before the switch says what that run did."""
+  assert with_defaults({})["amass_sampling"] == "replacement"
+  assert with_defaults(base_config().to_dict())["amass_sampling"] == "epoch"
 
 
 def _metrics(workdir):
