@@ -1,6 +1,7 @@
 """The public PyTorch code's settings: separate pose and shape heads (residual MLPs), a learned
 initial guess from the keypoints, features [x, θ, ∂L/∂θ], output scale 0.1, 3 update steps,
-batch 512, learning rate ×0.8 per epoch, every AMASS frame.
+batch 512, learning rate ×0.8 per epoch, every AMASS frame (shuffled once per epoch, the base
+config's default), Dense layers started as PyTorch's nn.Linear.
 
     python train.py --config configs/official.py --workdir runs/official \
         --config.body_model=third_party/smpl/SMPL_MALE.pkl --config.amass_dir=/data/AMASS
@@ -19,4 +20,5 @@ def get_config():
   c.model.variant = "official"
   c.model.init = "learned"
   c.model.output_scale = 0.1
+  c.model.init_style = "pytorch"  # the official nn.Linear layers keep PyTorch's default init
   return c

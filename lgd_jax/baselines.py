@@ -385,6 +385,14 @@ def _cache_dir() -> Path:
   return Path(base) / "lgd_jax"
 
 
+def evenly_spaced(poses, num_samples: int = GMM_SAMPLES) -> np.ndarray:
+  """At most ``num_samples`` evenly spaced rows of ``poses`` (host arrays: numpy, or a
+  memory-mapped file), the pose prior's fit set."""
+  if len(poses) > num_samples:
+    poses = poses[np.linspace(0, len(poses) - 1, num_samples).astype(int)]
+  return np.asarray(poses, np.float32)
+
+
 def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GMM_COMPONENTS,
                        num_samples: int = GMM_SAMPLES, cache_dir: str | os.PathLike | None = "",
                        log=None) -> GMMPrior:
@@ -413,8 +421,7 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
   poses = np.asarray(poses, np.float32)
   if poses.ndim != 2 or poses.shape[1] < 72:
     raise PriorFileError(f"pose prior: expected training poses (N, 72), got {poses.shape}")
-  if len(poses) > num_samples:
-    poses = poses[np.linspace(0, len(poses) - 1, num_samples).astype(int)]
+  poses = evenly_spaced(poses, num_samples)
   body_pose = poses[:, 3:72]
   h = hashlib.sha1(body_pose.tobytes())
   h.update(repr((num_components, GMM_REG_COVAR, GMM_ITERS, GMM_SEED)).encode())
@@ -688,9 +695,13 @@ def tune_smplify(problem: Problem, batch: training.Batch, num_steps: int, window
 
 def config_pose_prior(config, log=None) -> GMMPrior:
   """:func:`default_pose_prior` of a config's training poses: its AMASS training split, or the
-  synthetic sampler when it has no ``amass_dir``."""
+  synthetic sampler when it has no ``amass_dir``.
+
+  The AMASS poses stay on the host: only the evenly spaced fit set (10 k poses) reaches the
+  device, never the split (millions of frames).
+  """
   if config.amass_dir:
-    poses = np.asarray(training.load_pose_data(config)[0].poses)
+    poses = evenly_spaced(training.load_amass(config)["train_poses"])
   else:
     from lgd_jax.data import pose_sources
     kind = training.synthetic_source(config, "train").kind

@@ -8,7 +8,10 @@ Fields (all overridable on the command line, ``--config.key=value``):
   ``poses`` ("broad", or "keyframes", the first round's sampler); held-out synthetic samples
   come from ``test_poses`` ("test": built differently from the training source).
   ``amass_fps`` (frame subsampling; 0 = every frame), ``amass_cache`` (preprocessed file; empty = next to the data
-  or in ~/.cache), ``val_fraction`` (sequences held out, by a stable hash of their path).
+  or in ~/.cache), ``val_fraction`` (sequences held out, by a stable hash of their path),
+  ``amass_sampling``: "epoch" (the official code's: each epoch one shuffle of every training
+  frame, the remainder of a batch skipped; the epoch's learning-rate decay counts these real
+  epochs) or "replacement" (each batch drawn uniformly).
 * ``keypoints``: keypoint set of the objective; ``objective_loss``: "l1" (the official code's),
   "l2" or "robust" (pseudo-Huber with ``objective_delta``, whose gradient vanishes at an exact
   fit); ``fit_translation``: add the camera translation (3) to Θ.
@@ -23,6 +26,7 @@ Fields (all overridable on the command line, ``--config.key=value``):
   stays) or "skip" (the batch is skipped and counted in ``skipped_steps``).
 * ``model``: the update network (``variant`` "paper" or "official", widths, dropout, output scale,
   initial guess "zero" or "learned", input features, stopped gradient, scan unroll, dtype,
+  ``init_style`` "flax" / "pytorch" (how the Dense layers start, see :mod:`lgd_jax.networks`),
   ``norm`` "batch" / "batch_per_step" / "layer" / "none", and the step's form: ``damping`` τ of a
   harmonic step-size schedule, ``gate`` of the update by the gradient norm, ``gd_rate`` of a
   learned preconditioned gradient term; 0 = off; see :class:`lgd_jax.lgd.Learner`).
@@ -50,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.amass_fps = 30.0
   c.amass_cache = ""
   c.val_fraction = 0.05
+  c.amass_sampling = "epoch"
   c.requires_data = False  # True: body_model and amass_dir must be given (configs/paper.py)
   c.poses = "broad"  # synthetic training poses: "broad", "keyframes" (see data/pose_sources.py)
   c.test_poses = "test"  # synthetic held-out poses (evaluation, validation): "test", "broad", ...
@@ -94,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.unroll = 1
   c.model.dtype = "float32"
   c.model.norm = "batch"
+  # How the Dense layers start: "flax" (LeCun normal, zero biases) or "pytorch" (nn.Linear's
+  # U(±1/sqrt(fan_in)) for kernels and biases, the official code's; configs/official.py).
+  c.model.init_style = "flax"
   c.model.damping = 0.0
   c.model.gate = 0.0
   c.model.gd_rate = 0.0
@@ -136,7 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Fields whose behaviour before they existed differs from today's default.
-LEGACY_DEFAULTS = {"poses": "keyframes"}
+LEGACY_DEFAULTS = {"poses": "keyframes", "amass_sampling": "replacement"}
 
 
 def with_defaults(saved: dict) -> ml_collections.ConfigDict:

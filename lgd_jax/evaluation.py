@@ -131,8 +131,8 @@ def held_out_source(config, data: str | None) -> tuple[str, training.PoseSource]
     return f"synthetic-{src.kind}", src
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.amass_dir = amass_dir
-  _, val, _ = training.load_pose_data(cfg)
-  return "amass-val", val
+  data = training.load_amass(cfg)  # only the held-out split goes to the device
+  return "amass-val", training.amass_source(data, "val" if data["val_poses"].shape[0] else "train")
 
 
 @functools.partial(jax.jit, static_argnames=("method", "num_steps"))

@@ -10,6 +10,11 @@ Two variants share one interface, ``__call__(features, train) -> ΔΘ``:
 Layers follow PyTorch's defaults where they differ from Flax's, so that a PyTorch twin can be set
 to the same function: PReLU starts at 0.25, BatchNorm uses momentum 0.1 (Flax: 0.9) and eps 1e-5.
 
+How the Dense layers start is a choice (``init_style``, see :data:`INIT_STYLES`): "flax" (LeCun
+normal kernels, zero biases; the output layer a truncated normal of std ``out_init_scale`` /
+sqrt(fan_in)) or "pytorch" (``nn.Linear``'s default, which the official code keeps: kernel and
+bias each U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the output layer's bound times ``out_init_scale``).
+
 The normalisation layer of every block is a choice (``norm``, see :data:`NORMS`):
 
 * "batch" — BatchNorm, one set of statistics shared by every update step (the paper's and the
@@ -24,6 +29,7 @@ The normalisation layer of every block is a choice (``norm``, see :data:`NORMS`)
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -34,6 +40,45 @@ BN_MOMENTUM = 0.9  # Flax's running-average decay; PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
 NORMS = ("batch", "batch_per_step", "layer", "none")
 STEP_SLOTS = 16  # "batch_per_step": running statistics kept for steps 0..STEP_SLOTS-1
+INIT_STYLES = ("flax", "pytorch")
+
+
+def torch_linear_init(fan_in: int, scale: float = 1.0):
+  """PyTorch's ``nn.Linear`` default for weight and bias alike: U(-b, b), b = scale/sqrt(fan_in).
+
+  (``kaiming_uniform_(a=sqrt(5))`` of the weight gives exactly this bound; the bias uses it
+  directly.) Returns an initializer ``(key, shape, dtype) -> array``.
+  """
+  bound = scale / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def dense(features: int, fan_in: int, init_style: str = "flax", dtype=None,
+          scale: float | None = None) -> nn.Dense:
+  """A Dense layer started the ``init_style`` way (see the module docstring).
+
+  Args:
+    features: output width.
+    fan_in: input width (PyTorch's bound depends on it; a bias initializer never sees it).
+    init_style: "flax" or "pytorch".
+    dtype: computation dtype.
+    scale: None for a hidden layer; the output layer's ``out_init_scale`` otherwise (0: zeros).
+  """
+  if init_style not in INIT_STYLES:
+    raise ValueError(f"init_style: expected one of {INIT_STYLES}, got {init_style!r}")
+  if scale is not None and not scale > 0:
+    return nn.Dense(features, kernel_init=nn.initializers.zeros, dtype=dtype)
+  if init_style == "pytorch":
+    init = torch_linear_init(fan_in, 1.0 if scale is None else scale)
+    return nn.Dense(features, kernel_init=init, bias_init=init, dtype=dtype)
+  if scale is None:
+    return nn.Dense(features, dtype=dtype)
+  init = nn.initializers.variance_scaling(scale ** 2, "fan_in", "truncated_normal")
+  return nn.Dense(features, kernel_init=init, dtype=dtype)
 
 
 class StepBatchNorm(nn.Module):
@@ -104,10 +149,11 @@ class DenseBlock(nn.Module):
   dropout: float = 0.2
   dtype: jnp.dtype | None = None
   norm: str = "batch"
+  init_style: str = "flax"
 
   @nn.compact
   def __call__(self, x, train: bool, step=0):
-    x = nn.Dense(self.features, dtype=self.dtype)(x)
+    x = dense(self.features, x.shape[-1], self.init_style, self.dtype)(x)
     x = normalisation(self.norm, train, step, self.dtype)(x)
     x = PReLU()(x)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -123,12 +169,15 @@ class PaperUpdateNet(nn.Module):
   out_init_scale: float = 1.0
   dtype: jnp.dtype | None = None
   norm: str = "batch"
+  init_style: str = "flax"
 
   @nn.compact
   def __call__(self, x, train: bool, step=0):
     for _ in range(self.num_blocks):
-      x = DenseBlock(self.hidden, self.dropout, self.dtype, self.norm)(x, train, step)
-    return _output(self.out, self.out_init_scale, self.dtype)(x).astype(jnp.float32)
+      x = DenseBlock(self.hidden, self.dropout, self.dtype, self.norm, self.init_style)(
+          x, train, step)
+    return dense(self.out, x.shape[-1], self.init_style, self.dtype,
+                 self.out_init_scale)(x).astype(jnp.float32)
 
 
 class ResidualMLP(nn.Module):
@@ -142,15 +191,18 @@ class ResidualMLP(nn.Module):
   out_init_scale: float = 1.0
   dtype: jnp.dtype | None = None
   norm: str = "batch"
+  init_style: str = "flax"
 
   @nn.compact
   def __call__(self, x, train: bool, step=0):
-    block = lambda: DenseBlock(self.hidden, self.dropout, self.dtype, self.norm)  # noqa: E731
+    block = lambda: DenseBlock(self.hidden, self.dropout, self.dtype, self.norm,  # noqa: E731
+                               self.init_style)
     x = block()(x, train, step)
     for _ in range(self.num_residual):
       y = block()(x, train, step)
       x = x + block()(y, train, step)
-    return _output(self.out, self.out_init_scale, self.dtype)(x).astype(jnp.float32)
+    return dense(self.out, x.shape[-1], self.init_style, self.dtype,
+                 self.out_init_scale)(x).astype(jnp.float32)
 
 
 class OfficialUpdateNet(nn.Module):
@@ -163,16 +215,12 @@ class OfficialUpdateNet(nn.Module):
   out_init_scale: float = 1.0
   dtype: jnp.dtype | None = None
   norm: str = "batch"
+  init_style: str = "flax"
 
   @nn.compact
   def __call__(self, x, train: bool, step=0):
     outs = [ResidualMLP(n, self.hidden, self.num_residual, self.dropout, self.out_init_scale,
-                        self.dtype, self.norm, name=f"head{i}")(x, train, step)
+                        self.dtype, self.norm, self.init_style, name=f"head{i}")(x, train, step)
             for i, n in enumerate(self.out_sizes)]
     return jnp.concatenate(outs, -1)
 
-
-def _output(out: int, scale: float, dtype) -> nn.Dense:
-  init = nn.initializers.variance_scaling(scale ** 2, "fan_in", "truncated_normal") if scale > 0 \
-      else nn.initializers.zeros
-  return nn.Dense(out, kernel_init=init, dtype=dtype)

@@ -20,6 +20,8 @@ Data specs (:func:`parse_spec`):
   ``mpjpe_mm`` after pelvis centring, and the same after Procrustes alignment (``pa_pck150``,
   ``pa_auc``, ``pa_mpjpe_mm``; SPIN's "rigid alignment" columns, which the LGD supplementary's
   92.0 / 52.9 / 73.8 match in magnitude).
+* What the 2D input is (:data:`INPUT_2D`) heads every table and is ``input_2d`` in the results:
+  3DPW's are detections, Human3.6M's and MPI-INF-3DHP's ground-truth projections.
 * ``synthetic`` and ``amass:DIR`` pass through unchanged; :mod:`lgd_jax.evaluation` handles them.
 
 Every method also reports ``reproj``, the objective it minimises. Predictions and ground truth are
@@ -59,6 +61,11 @@ COLUMN_LABELS = {"mpjpe_mm": "MPJPE", "pa_mpjpe_mm": "PA-MPJPE", "pve_mm": "PVE"
                  "mpjpe14_mm": "MPJPE-14", "pa_mpjpe14_mm": "PA-MPJPE-14", "pck150": "PCK",
                  "auc": "AUC", "pa_pck150": "PA-PCK", "pa_auc": "PA-AUC", "reproj": "reproj"}
 METHOD_LABELS = {"lgd": "learned (ours)", "gd": "gradient descent", "adam": "Adam"}
+# What the 2D input of each protocol kind is. Human3.6M's is the ground truth S projected through
+# a nominal camera and MPI-INF-3DHP's SPIN's ground-truth ``part``: errors on them are not
+# comparable with numbers fitted to detected keypoints, so every table and results file says so.
+GROUND_TRUTH_2D = "ground-truth projection"
+INPUT_2D = {"3dpw": "detections (OpenPose)", "h36m": GROUND_TRUTH_2D, "mpi": GROUND_TRUTH_2D}
 # A 3DPW ground truth that differs from the file's jointPositions by more than this (mean, mm)
 # suggests SMPL files other than 3DPW's.
 GT_CHECK_WARN_MM = 10.0
@@ -182,6 +189,8 @@ class ProtocolData:
     regressor: the J_regressor_h36m keypoint set where the protocol uses it.
     pve: whether the vertex error is computed.
     description: what the protocol does, for results.json.
+
+  The kind of 2D input (:data:`INPUT_2D`) is :attr:`input_2d`.
   """
 
   name: str
@@ -196,6 +205,11 @@ class ProtocolData:
 
   def __len__(self) -> int:
     return self.kp2d.shape[0]
+
+  @property
+  def input_2d(self) -> str:
+    """"detections (OpenPose)" (3DPW) or "ground-truth projection" (Human3.6M, MPI-INF-3DHP)."""
+    return INPUT_2D[self.kind]
 
   @property
   def metrics(self) -> tuple[str, ...]:
@@ -269,6 +283,7 @@ def _prepare_3dpw(problem: Problem, name: str, path: str, smpl_dir, max_samples,
         "gender_index": gender_index}
   description = {
       "name": name, "split": split, "path": os.fspath(path), "sequence_files": len(data.files),
+      "input_2d": INPUT_2D["3dpw"],
       "frames": "campose_valid frames of every actor",
       "input": f"OpenPose COCO-18 poses2d, confidences {confidence_note(confidence)} -> "
                f"{problem.kpset}"
@@ -309,7 +324,7 @@ def _prepare_spin(problem: Problem, name: str, path: str, smpl_dir, max_samples,
   gt_map, pred_map = ("J24_TO_J17", "H36M_TO_J17") if kind == "mpi" else ("J24_TO_J14",
                                                                           "H36M_TO_J14")
   description = {
-      "name": name, "path": os.fspath(path),
+      "name": name, "path": os.fspath(path), "input_2d": INPUT_2D[kind],
       "input": f"SPIN 24-joint {source} -> {problem.kpset}"
                + (f" (no source for {unmatched}: confidence 0)" if unmatched else ""),
       "ground_truth": f"S[{gt_map}], pelvis-centred, camera frame then diag(1,-1,-1)",
@@ -534,6 +549,7 @@ def evaluate_dataset(restored, spec: str, num_steps: int | None = None, batch_si
       "num_steps": num_steps,
       "training_window": window,
       "keypoints": problem.kpset,
+      "input_2d": data.input_2d,
       "protocol": {**data.description, "metrics": list(data.metrics)},
       "methods": methods,
       "wall_time_s": timing,
@@ -543,7 +559,8 @@ def evaluate_dataset(restored, spec: str, num_steps: int | None = None, batch_si
 def table(results: dict) -> str:
   """The results laid out like the paper's tables: one row per method, the protocol's metrics at
   the training window N and at the last step M (3DPW and Human3.6M: MPJPE, PA-MPJPE; MPI-INF-3DHP:
-  PCK, AUC, MPJPE, without and with Procrustes alignment)."""
+  PCK, AUC, MPJPE, without and with Procrustes alignment), under a line that names the 2D input
+  ("2D input: ground-truth projection" or "2D input: detections (OpenPose)")."""
   m_steps, window = results["num_steps"], results["training_window"]
   steps = sorted({min(window, m_steps), m_steps})
   names = [k for k in results["protocol"]["metrics"] if k != "reproj"]
@@ -554,7 +571,12 @@ def table(results: dict) -> str:
   head1 = f"{'':22s}" + " | ".join(
       f"{('step ' + str(s) + (' (N)' if s == window else '')):^{len(group)}s}" for s in steps)
   head2 = f"{'method':22s}" + " | ".join(group for _ in steps)
-  lines = [title, head1.rstrip(), head2, "-" * len(head2)]
+  lines = [title]
+  kind = results.get("input_2d") or results["protocol"].get("input_2d")
+  if kind:
+    lines.append(f"2D input: {kind}" + (" (not comparable with numbers fitted to detected "
+                                         "keypoints)" if kind == GROUND_TRUTH_2D else ""))
+  lines += [head1.rstrip(), head2, "-" * len(head2)]
   for method, vals in results["methods"].items():
     cells = " | ".join(" ".join(f"{vals[k][s]:{w}.1f}" for k, w in zip(names, widths))
                        for s in steps)

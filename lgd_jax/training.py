@@ -82,12 +82,16 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
   norm = m.get("norm", "batch")
   if norm not in networks.NORMS:
     raise ConfigError(f"model.norm: expected one of {networks.NORMS}, got {norm!r}")
+  init_style = m.get("init_style", "flax")
+  if init_style not in networks.INIT_STYLES:
+    raise ConfigError(f"model.init_style: expected one of {networks.INIT_STYLES}, got "
+                      f"{init_style!r}")
   if m.variant == "paper":
     net = networks.PaperUpdateNet(problem.num_params, m.hidden, m.num_blocks, m.dropout,
-                                  m.out_init_scale, dtype, norm)
+                                  m.out_init_scale, dtype, norm, init_style)
   elif m.variant == "official":
     net = networks.OfficialUpdateNet(sizes, m.hidden, m.num_residual, m.dropout,
-                                     m.out_init_scale, dtype, norm)
+                                     m.out_init_scale, dtype, norm, init_style)
   else:
     raise ConfigError(f"model.variant: expected 'paper' or 'official', got {m.variant!r}")
   for name in ("damping", "gate", "gd_rate"):
@@ -97,7 +101,7 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
     init_net = None
   elif m.init == "learned":
     init_net = networks.OfficialUpdateNet(sizes, m.hidden, m.num_residual, m.dropout,
-                                          m.out_init_scale, dtype)
+                                          m.out_init_scale, dtype, init_style=init_style)
   else:
     raise ConfigError(f"model.init: expected 'zero' or 'learned', got {m.init!r}")
   return lgd.Learner(net, init_net, features, m.output_scale, m.stop_gradient, m.grad_scale,
@@ -122,6 +126,8 @@ def check_config(config) -> None:
                         f"{' '.join(need[k] for k in missing)}, or use configs/demo.py")
   if config.get("on_nonfinite", "stop") not in ("stop", "skip"):
     raise ConfigError(f"on_nonfinite: expected 'stop' or 'skip', got {config.on_nonfinite!r}")
+  if config.amass_dir:
+    amass_sampling(config)
   if not config.amass_dir and int(config.steps_per_epoch) < 1:
     raise ConfigError(f"steps_per_epoch: expected a positive integer, got {config.steps_per_epoch!r}")
   unroll_settings(config)  # checks the unroll group
@@ -131,38 +137,93 @@ def check_config(config) -> None:
 # Poses on the device and augmentation inside the jitted step.
 
 
+SAMPLINGS = ("epoch", "replacement")
+# fold_in data of the epoch-order stream; a step key folds in its step (< 2^32 - 1), so the two
+# streams never meet.
+_ORDER_STREAM = 2**32 - 1
+
+
 @flax.struct.dataclass
 class PoseSource:
   """Where poses come from: arrays on the device (AMASS) or a synthetic generator.
 
   Attributes:
     poses: (P, 72) poses, or None for a synthetic generator.
-    betas: (P, B) shapes, or None.
+    betas: (S, B) shapes: one row per sequence when ``seq`` is given (AMASS), else one per pose;
+      or None.
+    seq: (P,) int32 row of ``betas`` of each pose, or None (``betas`` is per pose).
+    order: (P,) int32 the current epoch's permutation of the poses ("epoch" sampling; see
+      :func:`with_epoch_order`), or None.
     kind: the synthetic generator (static): "broad" (training), "test" (held out, built
       differently) or "keyframes" (the original keyframe sampler); see
       :mod:`lgd_jax.data.pose_sources`.
+    sampling: how poses are drawn from the arrays (static): "replacement" (uniformly, each batch
+      independently) or "epoch" (batch k of an epoch is rows [k·n, (k+1)·n) of ``order``: every
+      pose once per epoch, the remainder of P / n skipped, as PyTorch's shuffling loader with
+      ``drop_last`` does in the official code).
   """
 
   poses: jnp.ndarray | None = None
   betas: jnp.ndarray | None = None
+  seq: jnp.ndarray | None = None
+  order: jnp.ndarray | None = None
   kind: str = flax.struct.field(pytree_node=False, default="broad")
+  sampling: str = flax.struct.field(pytree_node=False, default="replacement")
 
   @property
   def size(self) -> int | None:
     return None if self.poses is None else self.poses.shape[0]
 
-  def sample(self, key, n: int, num_betas: int):
-    """n poses (n, 72) and shapes (n, num_betas), uniformly at random."""
+  def sample(self, key, n: int, num_betas: int, step=None):
+    """n poses (n, 72) and shapes (n, num_betas): fresh synthetic ones, uniformly drawn rows, or
+    with "epoch" sampling the rows of train step ``step`` (traced) in ``order``."""
     if self.poses is None:
       from lgd_jax.data import pose_sources, synthetic
       k_pose, k_beta = jax.random.split(key)
       return (pose_sources.sample(self.kind, k_pose, n),
               synthetic.sample_betas(k_beta, n, num_betas))
-    idx = jax.random.randint(key, (n,), 0, self.poses.shape[0])
-    betas = self.betas[idx]
+    if self.sampling == "epoch":
+      if self.order is None or step is None:
+        raise ValueError("PoseSource: 'epoch' sampling draws the rows of a train step from the "
+                         "epoch's order; pass step and set order (training.with_epoch_order)")
+      per_epoch = self.order.shape[0] // n
+      if per_epoch < 1:
+        raise ValueError(f"PoseSource: {self.order.shape[0]} poses cannot fill one batch of {n}")
+      start = (jnp.asarray(step, jnp.int32) % per_epoch) * n
+      idx = jax.lax.dynamic_slice_in_dim(self.order, start, n)
+    elif self.sampling == "replacement":
+      idx = jax.random.randint(key, (n,), 0, self.poses.shape[0])
+    else:
+      raise ValueError(f"PoseSource.sampling: expected one of {SAMPLINGS}, got {self.sampling!r}")
+    betas = self.betas[idx if self.seq is None else self.seq[idx]]
     if betas.shape[-1] < num_betas:
       betas = jnp.pad(betas, ((0, 0), (0, num_betas - betas.shape[-1])))
     return self.poses[idx], betas[:, :num_betas]
+
+
+@functools.lru_cache(maxsize=None)
+def _permutation_fn(size: int, mesh: Mesh | None):
+  # Made where it is used: replicated over the mesh (each process computes its own shards), or
+  # on the default device like the one-device run's other arrays (one compiled train step).
+  shardings = parallel.replicated(mesh) if mesh is not None and mesh.devices.size > 1 else None
+  return jax.jit(lambda key: jax.random.permutation(key, size).astype(jnp.int32),
+                 out_shardings=shardings)
+
+
+def epoch_order(seed: int, epoch: int, size: int, mesh: Mesh | None = None) -> jnp.ndarray:
+  """The permutation (size,) int32 of epoch ``epoch``: a function of (seed, epoch, size) only, so
+  a resumed run draws the batches of an uninterrupted one. Computed on the device, once per
+  epoch."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _ORDER_STREAM), epoch)
+  return _permutation_fn(int(size), mesh)(key)
+
+
+def with_epoch_order(source: PoseSource, seed: int, epoch: int,
+                     mesh: Mesh | None = None) -> PoseSource:
+  """``source`` with the order of ``epoch`` ("epoch" sampling; other sources unchanged)."""
+  if source.sampling != "epoch" or source.poses is None:
+    return source
+  return source.replace(order=epoch_order(seed, epoch, source.size, mesh))
 
 
 def rotate_root(pose: jnp.ndarray, yaw, pitch, roll) -> jnp.ndarray:
@@ -183,12 +244,14 @@ class Batch(flax.struct.PyTreeNode):
 
 
 def make_batch(problem: Problem, source: PoseSource, key, n: int, aug,
-               detector: augment.DetectorSettings = augment.DetectorSettings()) -> Batch:
-  """Samples poses, rotates the root, renders 2D keypoints, drops some and, with ``detector``,
-  corrupts them like a 2D detector (all jittable); the input goes through
-  :func:`objective.observe`, the same function as real detections."""
+               detector: augment.DetectorSettings = augment.DetectorSettings(),
+               step=None) -> Batch:
+  """Samples poses (those of train step ``step`` for an "epoch" source), rotates the root,
+  renders 2D keypoints, drops some and, with ``detector``, corrupts them like a 2D detector (all
+  jittable); the input goes through :func:`objective.observe`, the same function as real
+  detections."""
   k_src, k_rot, k_drop, k_tr = jax.random.split(key, 4)
-  pose, betas = source.sample(k_src, n, problem.num_betas)
+  pose, betas = source.sample(k_src, n, problem.num_betas, step)
   yaw, pitch, roll = jnp.deg2rad(jax.random.uniform(k_rot, (3, n), minval=-1.0, maxval=1.0)
                                  * jnp.array([aug.yaw_deg, aug.tilt_deg, aug.tilt_deg])[:, None])
   pose = rotate_root(pose, yaw, pitch, roll)
@@ -527,7 +590,8 @@ class StepSettings(NamedTuple):
 def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
                learner: lgd.Learner, settings: StepSettings):
   """One training step: sampling, augmentation, the unrolled fit, the loss, its gradient and the
-  Adam update, all in one compiled program; the state's buffers are donated.
+  Adam update, all in one compiled program; the state's buffers are donated. An "epoch" source
+  gives the rows of step ``state.step`` of its order (the caller sets the epoch's order).
 
   With ``settings.unroll``: the unroll's length is drawn per batch (the scan runs the longest and
   masks the rest), part of the batch continues stored fits (the state's buffer, updated here) and
@@ -536,7 +600,7 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
   k_batch, k_drop = jax.random.split(key)
   batch = parallel.constrain_batch(
       make_batch(problem, source, k_batch, settings.batch_size, settings.augment,
-                 settings.detector), settings.mesh)
+                 settings.detector, state.step), settings.mesh)
   weights = dict(settings.loss_weights)
   u = settings.unroll
   plain = u is None or (u.length == "fixed" and not u.late and not u.fixed_point
@@ -687,21 +751,53 @@ def synthetic_source(config, split: str = "train") -> PoseSource:
   return PoseSource(kind=kind)
 
 
+def load_amass(config) -> dict:
+  """The config's preprocessed AMASS arrays on the host (numpy; see
+  :func:`lgd_jax.data.amass.load_preprocessed`), built and cached on first use."""
+  from lgd_jax.data import amass
+  fps = float(config.amass_fps) if config.amass_fps and config.amass_fps > 0 else None
+  return amass.load_or_preprocess(config.amass_dir, cache_path=config.amass_cache or None,
+                                  fps=fps, val_fraction=config.val_fraction)
+
+
+def amass_sampling(config) -> str:
+  """The config's ``amass_sampling``: "epoch" (the official shuffled epochs) or "replacement"."""
+  sampling = config.get("amass_sampling", "epoch")
+  if sampling not in SAMPLINGS:
+    raise ConfigError(f"amass_sampling: expected one of {SAMPLINGS}, got {sampling!r}")
+  return sampling
+
+
+def amass_source(data: dict, split: str, sampling: str = "replacement") -> PoseSource:
+  """A split of :func:`load_amass`'s arrays on the device: poses, per-sequence betas and each
+  pose's sequence index."""
+  return PoseSource(jnp.asarray(data[f"{split}_poses"]),
+                    jnp.asarray(data[f"{split}_sequence_betas"]),
+                    jnp.asarray(data[f"{split}_seq"]), sampling=sampling)
+
+
 def load_pose_data(config) -> tuple[PoseSource, PoseSource, int]:
   """(train source, validation source, steps per epoch) of the config's data; the synthetic
-  validation source is the held-out test generator."""
+  validation source is the held-out test generator.
+
+  AMASS with ``amass_sampling`` = "epoch" (the default) has steps_per_epoch = N // batch_size,
+  a real epoch (each training frame once; the learning-rate decay counts these). Validation
+  batches are drawn with replacement from the validation split (the training split if empty).
+  """
   if not config.amass_dir:
     return (synthetic_source(config, "train"), synthetic_source(config, "test"),
             int(config.steps_per_epoch))
-  from lgd_jax.data import amass
-  fps = float(config.amass_fps) if config.amass_fps and config.amass_fps > 0 else None
-  data = amass.load_or_preprocess(config.amass_dir, cache_path=config.amass_cache or None,
-                                  fps=fps, val_fraction=config.val_fraction)
-  train = PoseSource(jnp.asarray(data["train_poses"]), jnp.asarray(data["train_betas"]))
-  val = PoseSource(jnp.asarray(data["val_poses"]), jnp.asarray(data["val_betas"]))
-  if val.size == 0:
-    val = train
-  return train, val, max(1, train.size // int(config.batch_size))
+  sampling = amass_sampling(config)
+  data = load_amass(config)
+  b = int(config.batch_size)
+  num = data["train_poses"].shape[0]
+  if sampling == "epoch" and num < b:
+    raise ConfigError(f"batch_size: {b} is more than the {num} AMASS training frames of "
+                      f"{config.amass_dir} (an epoch draws each frame once); use a smaller "
+                      "batch_size or amass_sampling='replacement'")
+  train = amass_source(data, "train", sampling)
+  val = amass_source(data, "val" if data["val_poses"].shape[0] else "train")
+  return train, val, max(1, num // b)
 
 
 class MetricWriter:
@@ -870,6 +966,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     with _StopSignals() as stop:
       for step in range(start, total_steps):
+        if step % steps_per_epoch == 0 or step == start:
+          # The epoch's order, once per epoch (and at a resume: the same as uninterrupted).
+          train_src = with_epoch_order(train_src, int(config.seed), step // steps_per_epoch, mesh)
         state, out = step_fn(state, problem, train_src, jax.random.fold_in(base_key, step))
         done = step + 1
         bar.update(1)

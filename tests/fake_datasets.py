@@ -204,3 +204,20 @@ def build_3dpw(root, num_frames: int = 7, seed: int = 0, num_verts: int = 120):
   split.mkdir(parents=True)
   write_3dpw_sequence(split / "courtyard_fake_00.pkl", "courtyard_fake_00", actors, cam_rot, cam_t)
   return smpl_dir, models, truth
+
+
+def write_amass_tree(root, lengths, seed: int = 0, fps: float = 60.0) -> list[str]:
+  """A tree of AMASS SMPL+H sequence .npz files (one subject folder each) with the real keys:
+  poses (F, 156) standing in AMASS's z-up world, betas (16,) of the sequence, trans, gender,
+  mocap_framerate, dmpls. Returns the relative paths."""
+  rng = np.random.default_rng(seed)
+  rels = []
+  for i, num in enumerate(lengths):
+    poses = rng.normal(0.0, 0.2, (num, 156))
+    poses[:, :3] = [np.pi / 2, 0.0, 0.0]  # SMPL's up axis along world +z
+    rel = f"DS/subject{i}/motion_{i:02d}_poses.npz"
+    (root / f"DS/subject{i}").mkdir(parents=True, exist_ok=True)
+    np.savez(root / rel, poses=poses, betas=rng.normal(size=16), trans=np.zeros((num, 3)),
+             gender=np.array("male"), mocap_framerate=np.array(fps), dmpls=np.zeros((num, 8)))
+    rels.append(rel)
+  return rels

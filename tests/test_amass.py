@@ -153,15 +153,67 @@ def test_preprocess_round_trip(amass_dir, tmp_path):
     loaded = [amass.load_sequence(os.path.join(amass_dir, s), fps=30.0) for s in seqs]
     np.testing.assert_allclose(data[f"{split}_poses"],
                                np.concatenate([q["poses"] for q in loaded]), atol=1e-6)
-    np.testing.assert_allclose(
-        data[f"{split}_betas"],
-        np.concatenate([np.tile(q["betas"], (len(q["poses"]), 1)) for q in loaded]))
+    # One shape per sequence, indexed per frame.
+    np.testing.assert_array_equal(data[f"{split}_sequence_betas"],
+                                  np.stack([q["betas"] for q in loaded]))
     seq_of_frame = np.concatenate([np.full(len(q["poses"]), i) for i, q in enumerate(loaded)])
     np.testing.assert_array_equal(data[f"{split}_seq"], seq_of_frame)
+    np.testing.assert_array_equal(
+        data[f"{split}_sequence_betas"][data[f"{split}_seq"]],
+        np.concatenate([np.tile(q["betas"], (len(q["poses"]), 1)) for q in loaded]))
     assert data[f"{split}_poses"].dtype == np.float32
     assert data[f"{split}_genders"] == ["female"] * len(seqs)
     np.testing.assert_array_equal(written[f"{split}_poses"], data[f"{split}_poses"])
   assert sorted(data["train_sequences"] + data["val_sequences"]) == sorted(SEQUENCES)
+  # The file itself holds no per-frame betas.
+  with np.load(out) as raw:
+    assert not any(k.endswith("_betas") and not k.endswith("_sequence_betas") for k in raw.files)
+    for split in ("train", "val"):
+      assert raw[f"{split}_sequence_betas"].shape == (len(data[f"{split}_sequences"]), 10)
+
+
+def _as_version_1(path, out, **changes):
+  """A cache in the layout of format version 1: betas repeated per frame, no sequence_betas."""
+  with np.load(path) as raw:
+    arrays = dict(raw)
+  arrays["format_version"] = np.int64(1)
+  for split in ("train", "val"):
+    arrays[f"{split}_betas"] = arrays.pop(f"{split}_sequence_betas")[arrays[f"{split}_seq"]]
+  arrays.update(changes)
+  np.savez(out, **arrays)
+
+
+def test_version_1_caches_are_read_in_the_per_sequence_layout(amass_dir, tmp_path):
+  """An existing cache of the old layout is folded on reading, and reused (not rebuilt)."""
+  cache = str(tmp_path / "cache.npz")
+  new = amass.load_or_preprocess(amass_dir, cache_path=cache, val_fraction=VAL_FRACTION,
+                                 show_progress=False)
+  v2 = str(tmp_path / "v2.npz")
+  os.replace(cache, v2)
+  _as_version_1(v2, cache)
+  past = os.stat(cache).st_mtime + 5  # still newer than the sequences
+  os.utime(cache, (past, past))
+  mtime = os.stat(cache).st_mtime_ns
+  old = amass.load_or_preprocess(amass_dir, cache_path=cache, val_fraction=VAL_FRACTION,
+                                 show_progress=False)
+  assert os.stat(cache).st_mtime_ns == mtime  # reused
+  assert old["format_version"] == 1 and new["format_version"] == amass.FORMAT_VERSION == 2
+  for split in ("train", "val"):
+    for key in ("poses", "seq", "sequence_betas"):
+      np.testing.assert_array_equal(old[f"{split}_{key}"], new[f"{split}_{key}"], err_msg=key)
+    assert f"{split}_betas" not in old
+  # Frames of one sequence with different shapes cannot be folded: one line names the field.
+  betas = new["train_sequence_betas"][new["train_seq"]].copy()
+  betas[3, 0] += 1.0
+  bad = str(tmp_path / "bad.npz")
+  _as_version_1(v2, bad, train_betas=betas)
+  with pytest.raises(amass.AmassError) as excinfo:
+    amass.load_preprocessed(bad)
+  _assert_one_line_error(excinfo, "bad.npz", "'train_betas' differs within sequence", "frame 3")
+  _as_version_1(v2, bad, format_version=np.int64(7))
+  with pytest.raises(amass.AmassError) as excinfo:
+    amass.load_preprocessed(bad)
+  _assert_one_line_error(excinfo, "bad.npz", "'format_version' is 7")
 
 
 def test_load_or_preprocess_reuses_the_cache(tmp_path):

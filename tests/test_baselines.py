@@ -301,6 +301,47 @@ def test_default_prior_is_fitted_once_and_cached(tmp_path, monkeypatch):
   assert float(g.nll(body_pose).mean()) < float(g.nll(body_pose + 0.5).mean())
 
 
+def test_config_prior_takes_its_amass_poses_on_the_host(tmp_path, monkeypatch):
+  """The SMPLify prior of an AMASS config fits the same 10 k evenly spaced poses as before, but
+  never puts the training split on the device."""
+  from conftest import tiny_train_config
+  from fake_datasets import write_amass_tree
+  from lgd_jax.data import amass
+  write_amass_tree(tmp_path / "amass", [4200, 4100, 3700])  # more frames than the fit takes
+  num = 12000
+  assert num > baselines.GMM_SAMPLES
+  config = tiny_train_config(amass_dir=str(tmp_path / "amass"), amass_fps=0.0, val_fraction=0.0,
+                             amass_cache=str(tmp_path / "cache.npz"))
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  fitted = []
+  monkeypatch.setattr(baselines, "fit_gmm", lambda x, k: fitted.append(np.array(x)) or
+                      baselines.GMMPrior.from_arrays(np.zeros((1, 69)), np.eye(69)[None], [1.0]))
+  to_device = []
+
+  def spy(fn):
+    def wrapped(x, *args, **kwargs):
+      to_device.extend(leaf.shape for leaf in jax.tree.leaves(x)
+                       if getattr(leaf, "ndim", 0) and leaf.shape[0] >= num)
+      return fn(x, *args, **kwargs)
+    return wrapped
+
+  monkeypatch.setattr(jnp, "asarray", spy(jnp.asarray))
+  monkeypatch.setattr(jnp, "array", spy(jnp.array))
+  monkeypatch.setattr(jax, "device_put", spy(jax.device_put))
+  prior = baselines.config_pose_prior(config)
+  assert to_device == [] and len(fitted) == 1
+  monkeypatch.undo()
+  # The former route: the whole split as device arrays, subsampled by default_pose_prior.
+  poses = amass.load_preprocessed(tmp_path / "cache.npz")["train_poses"]
+  assert poses.shape == (num, 72)
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  monkeypatch.setattr(baselines, "fit_gmm", lambda x, k: fitted.append(np.array(x)) or prior)
+  assert baselines.default_pose_prior(np.asarray(jnp.asarray(poses)), cache_dir=None) is prior
+  assert fitted[1].shape == (baselines.GMM_SAMPLES, 69)
+  np.testing.assert_array_equal(fitted[0], fitted[1])
+
+
 @pytest.mark.slow
 def test_smplify_with_a_fitted_translation(problem, prior):
   prob = objective.make_problem(problem.model, "coco18", fit_translation=True)

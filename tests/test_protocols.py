@@ -172,6 +172,8 @@ def test_spin_ground_truth_scores_zero(tiny, tmp_path, name):
   path = tmp_path / "data.npz"
   write_spin_npz(path, j17)
   data = protocols.prepare(problem, name, str(path), smpl_dir)
+  # Ground truth in, so the tables must not pass for detection-based numbers.
+  assert data.input_2d == data.description["input_2d"] == "ground-truth projection"
   values = protocols.step_metrics(problem, jnp.asarray(theta[None], jnp.float32), {
       "joints": jnp.asarray(data.gt["joints"])}, data.kind, data.regressor)
   for k in ("mpjpe_mm", "pa_mpjpe_mm"):
@@ -189,6 +191,30 @@ def test_spin_ground_truth_scores_zero(tiny, tmp_path, name):
   np.testing.assert_allclose(data.kp2d[:, cols], _normalised(pix), atol=1e-4)
   assert np.all(data.conf[:, [COCO18_NAMES.index(n) for n in COCO18_NAMES if n not in names]]
                 == 0)
+
+
+@pytest.mark.parametrize("name, with_part, input_2d", [
+    ("h36m-p2", False, "ground-truth projection"),  # S through the nominal camera
+    ("mpi-inf-3dhp", True, "ground-truth projection"),  # SPIN's ground-truth part
+])
+def test_tables_and_results_name_the_2d_input(tiny, tmp_path, name, with_part, input_2d):
+  """The printed table and the results JSON say what the fit saw, for every SPIN protocol."""
+  smpl_dir, model, reg, problem = tiny
+  rng = np.random.default_rng(5)
+  theta = np.concatenate([random_theta(rng, B, 0.3), np.zeros((B, 10))], -1)
+  path = tmp_path / "data.npz"
+  write_spin_npz(path, np.asarray(keypoints(model, theta[:, :72], theta[:, 72:], reg)),
+                 with_part=with_part)
+  data = protocols.prepare(problem, name, str(path), smpl_dir, log=lambda m: None)
+  assert spin.load(path).keypoints_source == ("part" if with_part else "S projected")
+  results = {"dataset": name, "num_samples": len(data), "num_steps": 1, "training_window": 1,
+             "keypoints": "coco18", "input_2d": data.input_2d,
+             "protocol": {**data.description, "metrics": list(data.metrics)},
+             "methods": {"lgd": {k: [1.0, 2.0] for k in data.metrics}}}
+  assert json.loads(json.dumps(results))["input_2d"] == input_2d
+  assert json.loads(json.dumps(results))["protocol"]["input_2d"] == input_2d
+  lines = protocols.table(results).splitlines()
+  assert lines[1].startswith(f"2D input: {input_2d}") and "detected" in lines[1]
 
 
 def _normalised(pix):
@@ -269,6 +295,8 @@ def test_evaluate_3dpw_end_to_end(restored, fake_3dpw):
   notes = " ".join(results["protocol"]["notes"])
   assert "no PVE" in notes and "J_regressor_h36m.npy" in notes
   assert "MPJPE" in protocols.table(results) and "PA-MPJPE" in protocols.table(results)
+  assert results["input_2d"] == results["protocol"]["input_2d"] == "detections (OpenPose)"
+  assert protocols.table(results).splitlines()[1] == "2D input: detections (OpenPose)"
   assert any("3dpw samples" in line for line in logs)
 
 
@@ -299,6 +327,8 @@ def test_evaluate_mpi_end_to_end(restored, tmp_path):
   _check_layout(results, restored, protocols.METRICS["mpi"])
   assert results["num_samples"] == 5 and results["protocol"]["joints"] == 17
   assert "PCK" in protocols.table(results) and "AUC" in protocols.table(results)
+  assert results["input_2d"] == "ground-truth projection"
+  assert "2D input: ground-truth projection" in protocols.table(results)
 
 
 def test_evaluate_rejects_pass_through_specs():

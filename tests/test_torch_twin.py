@@ -59,6 +59,7 @@ def _config(variant: str):
   if variant == "official":
     c.model.variant = "official"
     c.model.init = "learned"
+    c.model.init_style = "pytorch"  # as configs/official.py (non-zero biases)
   return c
 
 

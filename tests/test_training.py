@@ -178,10 +178,12 @@ def test_amass_directory_feeds_training_and_evaluation(tmp_path):
   assert train.size + val.size == 12 * 15  # 60 fps -> 30 fps
   assert val.size > 0 and steps_per_epoch == train.size // c.batch_size
   assert train.poses.shape[1:] == (72,) and train.betas.shape[1:] == (10,)
+  assert train.betas.shape[0] == int(train.seq.max()) + 1 < train.size  # one row per sequence
   np.testing.assert_array_equal(np.asarray(train.poses[:, 66:]), 0.0)  # SMPL-H hands dropped
-  pose, betas = jax.jit(train.sample, static_argnums=(1, 2))(jax.random.PRNGKey(0), 8, 10)
-  rows = np.asarray(train.poses)
-  assert all(np.any(np.all(rows == p, axis=1)) for p in np.asarray(pose))
+  for src in (training.with_epoch_order(train, 0, 0), val):
+    pose, betas = jax.jit(src.sample, static_argnums=(1, 2))(jax.random.PRNGKey(0), 8, 10, 0)
+    rows = np.asarray(src.poses)
+    assert all(np.any(np.all(rows == p, axis=1)) for p in np.asarray(pose))
   c.amass_fps, c.amass_cache = 0.0, str(tmp_path / "all.npz")  # configs/official.py: every frame
   train, val, _ = training.load_pose_data(c)
   assert train.size + val.size == 12 * 30

@@ -25,14 +25,21 @@ one sequence never land on both sides. :func:`preprocess` writes everything into
     fps             ()         float, target frame rate (NaN: every frame kept)
     val_fraction    ()         float
     {split}_poses   (N, 72)    float32 converted SMPL poses, y-up, hands zeroed
-    {split}_betas   (N, 10)    float32 per-frame shape (the sequence's betas, repeated)
     {split}_seq     (N,)       int32 index of each frame's sequence in {split}_sequences
+    {split}_sequence_betas (S, 10)  float32 shape of each sequence (frame i's: [seq[i]])
     {split}_sequences (S,)     str relative paths of the sequences, sorted
     {split}_genders (S,)       str gender of each sequence ("unknown" if unreadable)
     skipped_files   (K,)       str relative paths of .npz files without poses (shape.npz, ...)
 
-for split in ("train", "val"). Every problem with an input raises :class:`AmassError` with a
-one-line message naming the file, the field and what was expected.
+for split in ("train", "val"). An AMASS sequence has one shape, so the betas are stored once per
+sequence and indexed per frame: 40 bytes per sequence instead of per frame (about 600 MB saved on
+the ~15 M frames of AMASS at its capture rates). Files of format version 1, which repeated the
+betas per frame as ``{split}_betas`` (N, 10), are still read: :func:`load_preprocessed` folds them
+into the per-sequence layout (checking that each sequence's frames share one shape), so an
+existing cache is reused rather than rebuilt.
+
+Every problem with an input raises :class:`AmassError` with a one-line message naming the file,
+the field and what was expected.
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ from tqdm.auto import tqdm
 
 from lgd_jax import rotations
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 stored {split}_betas per frame; it is still read (see the module docstring).
+READABLE_VERSIONS = (1, 2)
 NUM_BETAS = 10
 # Pose widths of SMPL, SMPL+H and SMPL-X files; all start with the root and 21 body joints.
 POSE_DIMS = {72: "SMPL", 156: "SMPL+H", 165: "SMPL-X"}
@@ -63,7 +72,8 @@ AMASS_TO_Y_UP = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
 
 _SPLITS = ("train", "val")
 _CACHE_PREFIX = "lgd_jax_amass_"
-_ARRAY_KEYS = ("poses", "betas", "seq", "sequences", "genders")
+_ARRAY_KEYS = ("poses", "seq", "sequence_betas", "sequences", "genders")
+_V1_ARRAY_KEYS = ("poses", "betas", "seq", "sequences", "genders")
 _META_KEYS = ("format_version", "source_dir", "fps", "val_fraction", "skipped_files")
 
 
@@ -378,7 +388,7 @@ def preprocess(amass_dir, out_path, fps: float | None = 30.0, val_fraction: floa
   if not sequences:
     raise _error(root, f"no AMASS sequences (*.npz with 'poses') under {root}, expected the AMASS "
                  "root (a tree of per-sequence .npz files)")
-  parts = {s: {"poses": [], "betas": [], "seq": [], "sequences": [], "genders": []}
+  parts = {s: {"poses": [], "sequence_betas": [], "seq": [], "sequences": [], "genders": []}
            for s in _SPLITS}
   bar = tqdm(sequences, desc="AMASS", unit="seq", disable=not show_progress)
   frames = 0
@@ -388,7 +398,7 @@ def preprocess(amass_dir, out_path, fps: float | None = 30.0, val_fraction: floa
     num = seq["poses"].shape[0]
     part["seq"].append(np.full(num, len(part["sequences"]), np.int32))
     part["poses"].append(seq["poses"])
-    part["betas"].append(np.broadcast_to(seq["betas"], (num, NUM_BETAS)))
+    part["sequence_betas"].append(seq["betas"])
     part["sequences"].append(rel)
     part["genders"].append(seq["gender"])
     frames += num
@@ -403,8 +413,8 @@ def preprocess(amass_dir, out_path, fps: float | None = 30.0, val_fraction: floa
   for split, part in parts.items():
     out[f"{split}_poses"] = (np.concatenate(part["poses"]) if part["poses"]
                              else np.zeros((0, _SMPL_POSE), np.float32))
-    out[f"{split}_betas"] = (np.concatenate(part["betas"]).astype(np.float32) if part["betas"]
-                             else np.zeros((0, NUM_BETAS), np.float32))
+    out[f"{split}_sequence_betas"] = np.array(part["sequence_betas"], np.float32).reshape(
+        -1, NUM_BETAS)
     out[f"{split}_seq"] = (np.concatenate(part["seq"]) if part["seq"]
                            else np.zeros((0,), np.int32))
     out[f"{split}_sequences"] = np.array(part["sequences"], dtype=str).reshape(-1)
@@ -421,17 +431,39 @@ def preprocess(amass_dir, out_path, fps: float | None = 30.0, val_fraction: floa
   return _unpack(out, out_path)
 
 
+def _version(raw, source: str) -> int:
+  if "format_version" not in raw:
+    raise _error(source, "missing key 'format_version', expected a file written by "
+                 "lgd_jax.data.amass.preprocess (delete it to rebuild)")
+  version = int(np.asarray(raw["format_version"]))
+  if version not in READABLE_VERSIONS:
+    raise _error(source, f"'format_version' is {version}, expected one of {READABLE_VERSIONS} "
+                 "(delete it to rebuild)")
+  return version
+
+
+def _per_sequence_betas(betas: np.ndarray, seq: np.ndarray, num_seq: int, source: str,
+                        split: str) -> np.ndarray:
+  """Version 1's per-frame betas (N, 10) as one row per sequence (S, 10)."""
+  out = np.zeros((num_seq, NUM_BETAS), np.float32)  # a sequence without frames keeps zeros
+  present, first = np.unique(seq, return_index=True)  # each sequence's first frame
+  out[present] = betas[first]
+  differs = np.flatnonzero(np.any(betas != out[seq], axis=-1))
+  if differs.size:
+    raise _error(source, f"'{split}_betas' differs within sequence {int(seq[differs[0]])} (frame "
+                 f"{int(differs[0])}), expected one shape per sequence (delete it to rebuild)")
+  return out
+
+
 def _unpack(raw, source: str) -> dict:
   """Validates the preprocessed arrays and returns plain Python metadata with them."""
-  missing = [k for k in _META_KEYS + tuple(f"{s}_{k}" for s in _SPLITS for k in _ARRAY_KEYS)
+  version = _version(raw, source)
+  array_keys = _ARRAY_KEYS if version == FORMAT_VERSION else _V1_ARRAY_KEYS
+  missing = [k for k in _META_KEYS + tuple(f"{s}_{k}" for s in _SPLITS for k in array_keys)
              if k not in raw]
   if missing:
     raise _error(source, f"missing key '{missing[0]}', expected a file written by "
                  "lgd_jax.data.amass.preprocess (delete it to rebuild)")
-  version = int(np.asarray(raw["format_version"]))
-  if version != FORMAT_VERSION:
-    raise _error(source, f"'format_version' is {version}, expected {FORMAT_VERSION} (delete it to "
-                 "rebuild)")
   data = {
       "format_version": version,
       "source_dir": str(np.asarray(raw["source_dir"])),
@@ -445,14 +477,18 @@ def _unpack(raw, source: str) -> dict:
     sequences = [str(s) for s in np.asarray(raw[f"{split}_sequences"]).reshape(-1)]
     genders = [str(s) for s in np.asarray(raw[f"{split}_genders"]).reshape(-1)]
     want = {f"{split}_poses": ((num, _SMPL_POSE), "f"),
-            f"{split}_betas": ((num, NUM_BETAS), "f"),
             f"{split}_seq": ((num,), "iu")}
+    if version == 1:
+      want[f"{split}_betas"] = ((num, NUM_BETAS), "f")
+    else:
+      want[f"{split}_sequence_betas"] = ((len(sequences), NUM_BETAS), "f")
     arrays = {}
     for key, (shape, kinds) in want.items():
       arr = np.asarray(raw[key])
       if arr.shape != shape or arr.dtype.kind not in kinds:
+        rows = "S" if key.endswith("sequence_betas") else "N"
         raise _error(source, f"'{key}' has shape {_shape_text(arr.shape)} and dtype {arr.dtype}, "
-                     f"expected {_shape_text(('N',) + shape[1:])} "
+                     f"expected {_shape_text((rows,) + shape[1:])} "
                      f"{'float' if kinds == 'f' else 'int'} (delete it to rebuild)")
       arrays[key] = arr
     seq = arrays[f"{split}_seq"]
@@ -462,9 +498,15 @@ def _unpack(raw, source: str) -> dict:
     if len(genders) != len(sequences):
       raise _error(source, f"'{split}_genders' has {len(genders)} entries, expected "
                    f"{len(sequences)} (one per sequence)")
+    seq = seq.astype(np.int32, copy=False)
+    if version == 1:
+      betas = _per_sequence_betas(arrays[f"{split}_betas"].astype(np.float32, copy=False), seq,
+                                  len(sequences), source, split)
+    else:
+      betas = arrays[f"{split}_sequence_betas"].astype(np.float32, copy=False)
     data[f"{split}_poses"] = arrays[f"{split}_poses"].astype(np.float32, copy=False)
-    data[f"{split}_betas"] = arrays[f"{split}_betas"].astype(np.float32, copy=False)
-    data[f"{split}_seq"] = seq.astype(np.int32, copy=False)
+    data[f"{split}_seq"] = seq
+    data[f"{split}_sequence_betas"] = betas
     data[f"{split}_sequences"] = sequences
     data[f"{split}_genders"] = genders
   return data
@@ -477,13 +519,15 @@ def load_preprocessed(path) -> dict:
     path: the ``.npz``.
 
   Returns:
-    A dict with format_version (int), source_dir (str), fps (float, or None for every frame),
-    val_fraction (float), skipped_files (list of str) and, for split in train/val:
-    {split}_poses (N, 72) float32, {split}_betas (N, 10) float32, {split}_seq (N,) int32,
-    {split}_sequences and {split}_genders (lists of S str).
+    A dict with format_version (int, the file's), source_dir (str), fps (float, or None for every
+    frame), val_fraction (float), skipped_files (list of str) and, for split in train/val:
+    {split}_poses (N, 72) float32, {split}_seq (N,) int32, {split}_sequence_betas (S, 10)
+    float32 (a frame's shape is ``sequence_betas[seq[i]]``; also for a version-1 file, whose
+    per-frame betas are folded), {split}_sequences and {split}_genders (lists of S str).
 
   Raises:
-    AmassError: unreadable file, missing keys, wrong shapes or another format version.
+    AmassError: unreadable file, missing keys, wrong shapes, a version-1 file whose betas differ
+      within a sequence, or an unknown format version.
   """
   source = os.fspath(path)
   with _open(source) as npz:
