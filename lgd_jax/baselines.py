@@ -73,6 +73,7 @@ import optax
 
 from lgd_jax import body, camera, lgd, objective, training
 from lgd_jax.lgd import Trajectory
+from lgd_jax.numerics import full_precision
 from lgd_jax.objective import Problem
 
 METHODS = ("gd_ls", "smplify")
@@ -313,6 +314,7 @@ class GMMPrior:
     with open(path, "wb") as f:
       pickle.dump(data, f, protocol=2)
 
+  @full_precision
   def nll(self, x: jnp.ndarray) -> jnp.ndarray:
     """The max-mixture negative log-likelihood of (..., D) values -> (...)."""
     d = x[..., None, :] - self.means
@@ -354,6 +356,7 @@ def fit_gmm(x: np.ndarray, num_components: int = GMM_COMPONENTS, num_iters: int 
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters",))
+@full_precision
 def _em(x, init, num_iters: int, reg_covar):
   n, d = x.shape
   eye = jnp.eye(d, dtype=x.dtype)

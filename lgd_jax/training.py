@@ -29,6 +29,7 @@ from tensorboardX import SummaryWriter
 from lgd_jax import body, camera, lgd, metrics, networks, objective, parallel
 from lgd_jax.data import augment
 from lgd_jax.body.model import NUM_POSE
+from lgd_jax.numerics import full_precision
 from lgd_jax.objective import Problem
 from lgd_jax.rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle
 
@@ -165,6 +166,7 @@ class PoseSource:
     return self.poses[idx], betas[:, :num_betas]
 
 
+@full_precision
 def rotate_root(pose: jnp.ndarray, yaw, pitch, roll) -> jnp.ndarray:
   """Left-multiplies the global orientation by R_z(roll) R_y(yaw) R_x(pitch) (official order;
   y is up, so yaw turns the body about the vertical)."""
