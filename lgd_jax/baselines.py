@@ -412,7 +412,9 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
   """
   if poses is None:
     from lgd_jax.data import synthetic
-    poses = np.asarray(synthetic.sample_poses(jax.random.PRNGKey(GMM_SEED), num_samples))
+    # Concrete even when called while tracing (a jitted caller): the fit below is NumPy's.
+    with jax.ensure_compile_time_eval():
+      poses = np.asarray(synthetic.sample_poses(jax.random.PRNGKey(GMM_SEED), num_samples))
   poses = np.asarray(poses, np.float32)
   if poses.ndim != 2 or poses.shape[1] < 72:
     raise PriorFileError(f"pose prior: expected training poses (N, 72), got {poses.shape}")
@@ -435,7 +437,8 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
         pass  # a damaged cache entry is refitted and overwritten
   if log:
     log(f"fitting the default pose prior ({num_components} Gaussians, {len(body_pose)} poses)")
-  prior = fit_gmm(body_pose, num_components)
+  with jax.ensure_compile_time_eval():
+    prior = fit_gmm(body_pose, num_components)
   _PRIOR_CACHE[key] = prior
   if path is not None:
     try:
@@ -540,7 +543,6 @@ def _yaw_starts(problem: Problem, theta0, num: int):
   return jax.vmap(turn)(yaws).at[0].set(theta0)  # the start itself, not a round trip of it
 
 
-@functools.partial(jax.jit, static_argnames=("num_iters", "yaw_candidates"))
 def smplify(problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
             num_iters: tuple[int, int] = (100, 100), pose_prior: GMMPrior | None = None,
             prior_scale=1.0, lr=SPIN_LEARNING_RATE, theta0: jnp.ndarray | None = None,
@@ -553,7 +555,8 @@ def smplify(problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
     conf: (B, K) confidences.
     num_iters: (stage 1, stage 2) Adam iterations (static).
     pose_prior: a :class:`GMMPrior` (e.g. ``GMMPrior.load("gmm_08.pkl")``); None =
-      :func:`default_pose_prior` of the synthetic sampler (fitted outside the trace).
+      :func:`default_pose_prior` of the synthetic sampler (resolved before the jitted fit; not
+      needed, and not fitted, when stage 2 has no iterations).
     prior_scale: one global factor on the squared prior weights.
     lr: Adam's learning rate (SPIN: 1e-2).
     theta0: (B, P) start; None = zeros (the zero pose and mean shape).
@@ -565,8 +568,17 @@ def smplify(problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
     :class:`Trajectory` over steps 0..M (M = stage 1 + stage 2) with the official objective's
     loss and gradient norm; step 0 is ``theta0``.
   """
+  if pose_prior is None and num_iters[1] > 0:
+    # Outside the jitted fit: the default prior is fitted with NumPy from concrete poses.
+    pose_prior = default_pose_prior()
+  return _smplify(problem, kp2d, conf, tuple(num_iters), pose_prior, prior_scale, lr, theta0,
+                  yaw_candidates, weights)
+
+
+@functools.partial(jax.jit, static_argnames=("num_iters", "yaw_candidates"))
+def _smplify(problem, kp2d, conf, num_iters, prior, prior_scale, lr, theta0, yaw_candidates,
+             weights):
   s1, s2 = num_iters
-  prior = default_pose_prior() if pose_prior is None else pose_prior
   w = spin_weights(problem, prior_scale) if weights is None else weights
   if theta0 is None:
     theta0 = jnp.zeros(kp2d.shape[:1] + (problem.num_params,), kp2d.dtype)
@@ -604,9 +616,10 @@ def smplify(problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
 
   _, first = lgd._evaluate(problem, theta0, kp2d, conf)
   theta, hist1 = run_stage(start, s1_fn, s1, free)
-  _, hist2 = run_stage(theta, s2_fn, s2, jnp.ones_like(free))
-  return Trajectory(*jax.tree.map(lambda a, h1, h2: jnp.concatenate([a[None], h1, h2], 0),
-                                  first, hist1, hist2))
+  parts = [jax.tree.map(lambda a: a[None], first), hist1]
+  if s2 > 0:  # without stage 2 there may be no prior to trace
+    parts.append(run_stage(theta, s2_fn, s2, jnp.ones_like(free))[1])
+  return Trajectory(*jax.tree.map(lambda *h: jnp.concatenate(h, 0), *parts))
 
 
 def smplify_stages(num_steps: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ SAME_TRAJ_ATOL = 1e-5  # parallel and while-loop line searches pick the same tri
 GMM_MEANS_ATOL = 0.1  # EM on 3000 samples of well-separated components (std <= 0.5)
 GMM_WEIGHTS_ATOL = 0.05
 NLL_RTOL = 1e-4  # float32 prior vs the float64 reference formula
+GMM_TRACE_ATOL = 1e-5  # the same EM in the jitted caller's constant folding and on its own
 PRIOR_PULL = 0.5  # distance to the prior mean after the prior-only fit, relative to the start
 
 
@@ -53,9 +54,11 @@ def line_search(problem, batch):
 def prior():
   """A small mixture (cheap to build) standing in for SMPLify's gmm_08.pkl."""
   rng = np.random.default_rng(1)
-  means = rng.normal(size=(2, 69)) * 0.2
-  covars = np.repeat(np.eye(69)[None] * 0.05, 2, 0)
-  return baselines.GMMPrior.from_arrays(means, covars, np.array([0.4, 0.6]))
+  # As many components as the default prior: the default-prior test reuses this program.
+  c = baselines.GMM_COMPONENTS
+  means = rng.normal(size=(c, 69)) * 0.2
+  covars = np.repeat(np.eye(69)[None] * 0.05, c, 0)
+  return baselines.GMMPrior.from_arrays(means, covars, rng.dirichlet(np.full(c, 10.0)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,6 +187,41 @@ def test_priors_pull_toward_the_prior_mean(problem, batch, prior):
   assert np.all(nearest(p1.pose) < PRIOR_PULL * nearest(p0.pose))
   assert np.all(np.linalg.norm(p1.betas, axis=-1) < PRIOR_PULL * np.linalg.norm(p0.betas, axis=-1))
   np.testing.assert_array_equal(p1.pose[:, :3], p0.pose[:, :3])  # nothing moves the root
+
+
+def test_smplify_default_prior(problem, batch, prior, smplify_run, tmp_path, monkeypatch):
+  """The documented default, pose_prior=None: the default prior is resolved before the jitted
+  fit (it used to be fitted inside the trace, which cannot convert its poses to NumPy)."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  # smplify_run's program: the same stages, start and prior shapes (only traced values differ).
+  iters = baselines.smplify_stages(NUM_STEPS)
+  theta0 = jnp.zeros_like(batch.theta)
+  traj = baselines.smplify(problem, batch.kp2d, batch.conf, iters, theta0=theta0)
+  default = baselines.default_pose_prior()
+  assert default.means.shape == prior.means.shape
+  assert traj.theta.shape == (NUM_STEPS + 1, BATCH, problem.num_params)
+  assert np.all(np.isfinite(np.asarray(traj.loss)))
+  explicit = baselines.smplify(problem, batch.kp2d, batch.conf, iters, theta0=theta0,
+                               pose_prior=default)
+  np.testing.assert_array_equal(traj.theta, explicit.theta)
+  # A different prior gives a different stage 2: the default was really used.
+  assert np.abs(np.asarray(traj.theta[-1]) - np.asarray(smplify_run[1][-1])).max() > 0
+  # Without stage 2 no prior is needed and none is fitted (detections' "zero" start); tracing
+  # is enough to show that the program builds.
+  monkeypatch.setattr(baselines, "default_pose_prior", lambda *a, **k: pytest.fail("fitted"))
+  shape = jax.eval_shape(lambda x, c: baselines.smplify(problem, x, c, (2, 0)).theta,
+                         batch.kp2d, batch.conf)
+  assert shape.shape == (3, BATCH, problem.num_params)
+
+
+def test_default_prior_can_be_fitted_while_tracing(monkeypatch):
+  """A jitted caller may ask for the default prior: its poses and EM are evaluated concretely."""
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  fit = lambda: baselines.default_pose_prior(None, 2, 200, cache_dir=None)  # noqa: E731
+  inside = jax.jit(lambda: fit().means)()
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  np.testing.assert_allclose(inside, fit().means, atol=GMM_TRACE_ATOL)
 
 
 def test_angle_prior_penalises_hyperextension_in_our_conventions():
