@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lgd_jax import body, camera, lgd, objective, training
+from lgd_jax import body, camera, lgd, objective, safe_pickle, training
 from lgd_jax.lgd import Trajectory
 from lgd_jax.numerics import full_precision
 from lgd_jax.objective import Problem
@@ -264,18 +264,24 @@ class GMMPrior:
   @classmethod
   def load(cls, path: str | os.PathLike) -> GMMPrior:
     """Reads SMPLify's ``gmm_08.pkl`` (a latin1 pickle {means, covars, weights}) or an .npz with
-    the same keys. Raises :class:`PriorFileError` with one clear line otherwise."""
+    the same keys. Raises :class:`PriorFileError` with one clear line otherwise.
+
+    The pickle is read by :mod:`lgd_jax.safe_pickle` (NumPy arrays and containers only: a file
+    that names any other class is refused before anything of it runs); the .npz without pickles.
+    """
     path = Path(path)
     if not path.is_file():
       raise PriorFileError(f"{path}: pose-prior file not found (SMPLify's gmm_08.pkl from "
                            "https://smplify.is.tue.mpg.de, or an .npz with means, covars, weights)")
     try:
-      if path.suffix == ".npz":
-        with np.load(path) as z:
+      if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
           data = {k: z[k] for k in z.files}
       else:
-        with open(path, "rb") as f:
-          data = pickle.load(f, encoding="latin1")
+        data = safe_pickle.load(path)
+    except safe_pickle.ForbiddenGlobal as e:
+      raise PriorFileError(f"{path}: {e} in a pose-prior file (expected a pickled dict of NumPy "
+                           "arrays: means, covars, weights)") from None
     except Exception as e:  # noqa: BLE001  any unreadable file is the user's file problem
       raise PriorFileError(f"{path}: not a readable pose-prior pickle/npz "
                            f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
@@ -308,11 +314,21 @@ class GMMPrior:
     return cls.from_arrays(m, cv, w)
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes the prior in ``gmm_08.pkl``'s format (a pickle of numpy arrays)."""
-    data = {"means": np.asarray(self.means), "covars": np.asarray(self.covars),
-            "weights": np.asarray(self.weights)}
+    """Writes the prior: an ``.npz`` (means, covars, weights) when ``path`` ends in .npz, else
+    ``gmm_08.pkl``'s format (a protocol-2 pickle of a dict of NumPy arrays)."""
     with open(path, "wb") as f:
-      pickle.dump(data, f, protocol=2)
+      if Path(path).suffix.lower() == ".npz":
+        self._write_npz(f)
+      else:
+        pickle.dump(self._arrays(), f, protocol=2)
+
+  def _arrays(self) -> dict:
+    return {"means": np.asarray(self.means), "covars": np.asarray(self.covars),
+            "weights": np.asarray(self.weights)}
+
+  def _write_npz(self, f) -> None:
+    # To a file object: np.savez would append ".npz" to a temporary name.
+    np.savez(f, **self._arrays())
 
   @full_precision
   def nll(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -394,7 +410,7 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
   """The pose prior used when no ``gmm_08.pkl`` is given: a mixture fitted to training poses.
 
   Fitted once per distinct pose set and cached in memory and (unless ``cache_dir`` is None) as
-  ``pose_gmm_<hash>.pkl`` in ``cache_dir`` (default ``$XDG_CACHE_HOME/lgd_jax`` or
+  ``pose_gmm_<hash>.npz`` in ``cache_dir`` (default ``$XDG_CACHE_HOME/lgd_jax`` or
   ``~/.cache/lgd_jax``); the hash covers the poses and the settings, so a changed sampler or data
   set gets a new fit.
 
@@ -428,7 +444,7 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
     return _PRIOR_CACHE[key]
   path = None
   if cache_dir is not None:
-    path = (Path(cache_dir) if cache_dir else _cache_dir()) / f"pose_gmm_{key}.pkl"
+    path = (Path(cache_dir) if cache_dir else _cache_dir()) / f"pose_gmm_{key}.npz"
     if path.is_file():
       try:
         _PRIOR_CACHE[key] = GMMPrior.load(path)
@@ -443,11 +459,13 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
   if path is not None:
     try:
       path.parent.mkdir(parents=True, exist_ok=True)
-      tmp = path.with_suffix(f".tmp{os.getpid()}")
-      prior.save(tmp)
+      # Written beside the target and renamed: a reader never sees half a file.
+      tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}")
+      with open(tmp, "wb") as f:
+        prior._write_npz(f)
       os.replace(tmp, path)
     except OSError:
-      pass  # an unwritable cache only costs a refit next time
+      tmp.unlink(missing_ok=True)  # an unwritable cache only costs a refit next time
   return prior
 
 

@@ -296,11 +296,38 @@ def test_gmm08_file_round_trips(tmp_path):
       terms.append(0.5 * d @ np.linalg.inv(c) @ d - np.log(coef))
     want.append(min(terms))
   np.testing.assert_allclose(np.asarray(g.nll(jnp.asarray(x, jnp.float32))), want, rtol=NLL_RTOL)
-  g.save(tmp_path / "copy.pkl")
-  g2 = baselines.GMMPrior.load(tmp_path / "copy.pkl")
-  for key in ("means", "covars", "weights"):
-    np.testing.assert_array_equal(getattr(g, key), getattr(g2, key))
-  np.testing.assert_allclose(g2.nll(jnp.asarray(x, jnp.float32)), want, rtol=NLL_RTOL)
+  for name in ("copy.pkl", "copy.npz"):
+    g.save(tmp_path / name)
+    g2 = baselines.GMMPrior.load(tmp_path / name)
+    for key in ("means", "covars", "weights"):
+      np.testing.assert_array_equal(getattr(g, key), getattr(g2, key))
+    np.testing.assert_allclose(g2.nll(jnp.asarray(x, jnp.float32)), want, rtol=NLL_RTOL)
+  with np.load(tmp_path / "copy.npz", allow_pickle=False) as z:  # plain arrays, no pickle
+    assert sorted(z.files) == ["covars", "means", "weights"]
+
+
+class _RunsCode:
+  """Pickles as a call of os.system: unpickling it with pickle.load runs the command."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    import os
+    return os.system, (self.command,)
+
+
+def test_malicious_gmm08_is_refused_without_running_it(tmp_path):
+  marker = tmp_path / "executed"
+  path = tmp_path / "gmm_08.pkl"
+  data = dict(_fake_gmm08(tmp_path / "ok.pkl"), weights=_RunsCode(f"touch {marker}"))
+  with open(path, "wb") as f:
+    pickle.dump(data, f, protocol=2)
+  with pytest.raises(baselines.PriorFileError) as e:
+    baselines.GMMPrior.load(path)
+  msg = str(e.value)
+  assert "\n" not in msg and str(path) in msg and "system" in msg and "not allowed" in msg
+  assert not marker.exists()
 
 
 def test_bad_prior_files_get_one_clear_line(tmp_path):
@@ -328,12 +355,27 @@ def test_default_prior_is_fitted_once_and_cached(tmp_path, monkeypatch):
   monkeypatch.setattr(baselines, "fit_gmm", lambda *a, **k: calls.append(1) or real(*a, **k))
   monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
   g = baselines.default_pose_prior(poses, num_components=2, cache_dir=tmp_path)
-  assert len(calls) == 1 and len(list(tmp_path.glob("pose_gmm_*.pkl"))) == 1
+  assert len(calls) == 1 and [p.suffix for p in tmp_path.iterdir()] == [".npz"]
+  (cached,) = tmp_path.glob("pose_gmm_*.npz")
+  with np.load(cached, allow_pickle=False) as z:  # plain arrays: reading it runs nothing
+    np.testing.assert_array_equal(z["means"], g.means)
   assert baselines.default_pose_prior(poses, num_components=2, cache_dir=tmp_path) is g
+  # A pickle planted under the cache's old name is never read.
+  marker = tmp_path / "executed"
+  with open(cached.with_suffix(".pkl"), "wb") as f:
+    pickle.dump(_RunsCode(f"touch {marker}"), f, protocol=2)
   monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})  # a new process: read from disk
   g2 = baselines.default_pose_prior(poses, num_components=2, cache_dir=tmp_path)
-  assert len(calls) == 1
-  np.testing.assert_allclose(g2.means, g.means)
+  assert len(calls) == 1 and not marker.exists()
+  for key in ("means", "covars", "weights"):
+    np.testing.assert_array_equal(getattr(g2, key), getattr(g, key))
+  # A damaged entry is refitted and replaced.
+  cached.write_bytes(b"PK\x03\x04 not really a zip")
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  baselines.default_pose_prior(poses, num_components=2, cache_dir=tmp_path)
+  assert len(calls) == 2
+  with np.load(cached, allow_pickle=False) as z:
+    np.testing.assert_array_equal(z["means"], g.means)
   # The mixture describes its training poses better than poses far from them.
   body_pose = jnp.asarray(poses[:, 3:])
   assert float(g.nll(body_pose).mean()) < float(g.nll(body_pose + 0.5).mean())
