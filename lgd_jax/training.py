@@ -525,7 +525,11 @@ class StepSettings(NamedTuple):
   detector: augment.DetectorSettings = augment.DetectorSettings()  # detector-like 2D input
 
 
-@functools.partial(jax.jit, static_argnames=("learner", "settings"), donate_argnums=(0,))
+# How train_step is compiled (tests compile a trace-counting copy of it the same way).
+TRAIN_STEP_JIT = {"static_argnames": ("learner", "settings"), "donate_argnums": (0,)}
+
+
+@functools.partial(jax.jit, **TRAIN_STEP_JIT)
 def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
                learner: lgd.Learner, settings: StepSettings):
   """One training step: sampling, augmentation, the unrolled fit, the loss, its gradient and the
