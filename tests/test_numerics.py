@@ -1,4 +1,5 @@
-"""Full float32 products for the geometry under a TF32 default (lgd_jax.numerics).
+"""Full float32 products for the geometry under a TF32 default, and the GPU determinism switch
+(lgd_jax.numerics).
 
 On the CPU the precision attribute does not change a single bit (XLA:CPU has no TF32), so these
 tests read the compiled programs instead: with ``jax_default_matmul_precision`` forced to
@@ -8,7 +9,10 @@ checks under that setting are the parity and metrics tests, run a second time wi
 (``tests/test_smplx_parity.py``, ``tests/test_metrics.py``).
 """
 
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +21,10 @@ import pytest
 
 from conftest import forced_matmul_precision, tiny_train_config
 
-from lgd_jax import baselines, body, camera, detections, metrics, objective, refine, training
+from lgd_jax import (baselines, body, camera, detections, metrics, numerics, objective, refine,
+                     training)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A StableHLO dot: dot_general (what jnp emits) or the older plain dot.
 _DOT = re.compile(r"stablehlo\.dot(_general)?\b")
@@ -120,3 +127,46 @@ def test_update_network_keeps_the_default(tf32, model):
                jnp.full((2, k, 2), 0.5), jnp.ones((2, k)))
   assert any(_TF32 in d for d in dots), "no TF32 dot: the forced default never reached the program"
   assert any(_HIGHEST in d for d in dots), "the objective inside the fit lost its HIGHEST dots"
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU determinism: XLA_FLAGS set before JAX starts.
+
+_TRAIN_WITH_SWITCH = r"""
+import os, sys
+from lgd_jax import numerics, training
+from lgd_jax.commands import train
+
+def fake_training(config, workdir, show_progress):
+  started = numerics.backends_initialized()
+  import jax
+  devices = jax.device_count()  # starts the backend: XLA parses XLA_FLAGS (unknown flags abort)
+  print("RESULT", started, devices, os.environ["XLA_FLAGS"])
+
+training.train_and_evaluate = fake_training
+sys.exit(train.main(["lgd-train", "--deterministic", "--config", "configs/tiny.py",
+                     "--workdir", sys.argv[1]]))
+"""
+
+
+def test_deterministic_switch_sets_the_xla_flag_before_jax_starts(tmp_path):
+  # The user's own flags stay; a contrary setting of ours is replaced.
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+                       "--xla_gpu_deterministic_ops=false")
+  proc = subprocess.run([sys.executable, "-c", _TRAIN_WITH_SWITCH, str(tmp_path / "w")],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  (line,) = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")]
+  _, started, devices, *flags = line.split()
+  assert started == "False"  # training began before any backend existed
+  assert devices == "2"  # XLA parsed the combined XLA_FLAGS, the new flag included
+  assert flags == ["--xla_force_host_platform_device_count=2", numerics.DETERMINISTIC_XLA_FLAG]
+
+
+def test_deterministic_switch_refuses_when_too_late(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  jax.devices()  # the backends exist now: XLA_FLAGS would be ignored
+  with pytest.raises(RuntimeError, match="already initialised"):
+    numerics.enable_gpu_determinism()
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"

@@ -5,10 +5,12 @@
 
 --config is a config file (the repository's configs/*.py; the default, configs/demo.py, is
 relative to the current directory); --config.key=value overrides one field. Running the same
-command again resumes from the latest good checkpoint in the workdir; SIGINT
-(Ctrl-C) or SIGTERM saves a checkpoint first. The batch is split over every local device
-(--config.num_devices); several processes join with --coordinator_address/--num_processes/
---process_id or the matching JAX_* environment variables (SLURM is detected by JAX).
+command again resumes from the latest good checkpoint in the workdir, bit-identically to an
+uninterrupted run on the CPU (on a GPU only with --deterministic on every run; see
+lgd_jax.numerics); SIGINT (Ctrl-C) or SIGTERM saves a checkpoint first. The batch is split over
+every local device (--config.num_devices); several processes join with --coordinator_address/
+--num_processes/--process_id or the matching JAX_* environment variables (SLURM is detected by
+JAX).
 """
 
 import os
@@ -27,6 +29,10 @@ flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0 for a multi-process run (or JAX_COORDINATOR_ADDRESS).")
 flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run (JAX_NUM_PROCESSES).")
 flags.DEFINE_integer("process_id", None, "This process's index, 0-based (JAX_PROCESS_ID).")
+flags.DEFINE_bool("deterministic", False,
+                  "GPU: deterministic XLA kernels (XLA_FLAGS=--xla_gpu_deterministic_ops=true; "
+                  "slower), so that a resumed run is bit-identical there too. The CPU is "
+                  "deterministic without it.")
 FLAGS = flags.FLAGS
 
 
@@ -68,10 +74,18 @@ def main(argv=None) -> int:
   status = parse(argv)
   if status is not None:
     return status
-  from lgd_jax import cli, parallel, training
   if not FLAGS.workdir:
     print("error: --workdir: expected a directory for checkpoints and metrics", file=sys.stderr)
     return 2
+  if FLAGS.deterministic:
+    # Before anything below initialises JAX's backends: XLA reads XLA_FLAGS only then.
+    from lgd_jax import numerics
+    try:
+      numerics.enable_gpu_determinism()
+    except RuntimeError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+  from lgd_jax import cli, parallel, training
 
   def run():
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
