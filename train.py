@@ -1,70 +1,11 @@
-"""Train the learned optimiser.
+"""Train the learned optimiser (``lgd-train`` once installed); see :mod:`lgd_jax.commands.train`.
 
     python train.py --config configs/demo.py --workdir runs/demo [--config.key=value ...]
-
-Running the same command again resumes from the latest good checkpoint in the workdir; SIGINT
-(Ctrl-C) or SIGTERM saves a checkpoint first. The batch is split over every local device
-(--config.num_devices); several processes join with --coordinator_address/--num_processes/
---process_id or the matching JAX_* environment variables (SLURM is detected by JAX).
 """
 
 import sys
-import traceback
 
-from absl import flags
-from ml_collections import config_flags
-
-config_flags.DEFINE_config_file("config", "configs/demo.py", "A config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard logs.")
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.DEFINE_bool("debug", False, "Show tracebacks of errors.")
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0 for a multi-process run (or JAX_COORDINATOR_ADDRESS).")
-flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run (JAX_NUM_PROCESSES).")
-flags.DEFINE_integer("process_id", None, "This process's index, 0-based (JAX_PROCESS_ID).")
-FLAGS = flags.FLAGS
-
-
-def parse(argv) -> int | None:
-  """Parses the flags and the config; a mistake is one line on stderr and exit status 2."""
-  debug = any(a in ("--debug", "--debug=true", "--debug=True") for a in argv[1:])
-  try:
-    FLAGS(argv)
-    list(FLAGS.config.keys())  # loads the config file and applies the overrides
-    return None
-  except Exception as e:  # absl/ml_collections report bad flags and overrides in many types
-    if debug:
-      traceback.print_exc()
-    msg = " ".join(str(e).split())
-    if isinstance(e, OSError) and "Failed loading config file" in msg:
-      msg = f"--config: {msg.split('Attempted')[-1].split('] ', 1)[-1]}"
-    elif isinstance(e, AttributeError):  # ml_collections on an override of an unknown field
-      key = next((a.split("=")[0][len("--config."):] for a in argv
-                  if a.startswith("--config.") and msg.strip("\"'") in a), None)
-      msg = (f"--config.{key}: no such field in the config" if key else
-             f"unknown config field {msg}")
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
-
-def main(argv=None) -> int:
-  argv = sys.argv if argv is None else argv
-  status = parse(argv)
-  if status is not None:
-    return status
-  from lgd_jax import cli, parallel, training
-  if not FLAGS.workdir:
-    print("error: --workdir: expected a directory for checkpoints and metrics", file=sys.stderr)
-    return 2
-
-  def run():
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id)
-    training.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.progress)
-
-  return cli.run(run, FLAGS.debug)
-
+from lgd_jax.commands.train import main
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -71,8 +71,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lgd_jax import body, camera, lgd, objective, training
+from lgd_jax import body, camera, lgd, objective, safe_pickle, training
 from lgd_jax.lgd import Trajectory
+from lgd_jax.numerics import full_precision
 from lgd_jax.objective import Problem
 
 METHODS = ("gd_ls", "smplify")
@@ -263,18 +264,24 @@ class GMMPrior:
   @classmethod
   def load(cls, path: str | os.PathLike) -> GMMPrior:
     """Reads SMPLify's ``gmm_08.pkl`` (a latin1 pickle {means, covars, weights}) or an .npz with
-    the same keys. Raises :class:`PriorFileError` with one clear line otherwise."""
+    the same keys. Raises :class:`PriorFileError` with one clear line otherwise.
+
+    The pickle is read by :mod:`lgd_jax.safe_pickle` (NumPy arrays and containers only: a file
+    that names any other class is refused before anything of it runs); the .npz without pickles.
+    """
     path = Path(path)
     if not path.is_file():
       raise PriorFileError(f"{path}: pose-prior file not found (SMPLify's gmm_08.pkl from "
                            "https://smplify.is.tue.mpg.de, or an .npz with means, covars, weights)")
     try:
-      if path.suffix == ".npz":
-        with np.load(path) as z:
+      if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
           data = {k: z[k] for k in z.files}
       else:
-        with open(path, "rb") as f:
-          data = pickle.load(f, encoding="latin1")
+        data = safe_pickle.load(path)
+    except safe_pickle.ForbiddenGlobal as e:
+      raise PriorFileError(f"{path}: {e} in a pose-prior file (expected a pickled dict of NumPy "
+                           "arrays: means, covars, weights)") from None
     except Exception as e:  # noqa: BLE001  any unreadable file is the user's file problem
       raise PriorFileError(f"{path}: not a readable pose-prior pickle/npz "
                            f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
@@ -307,12 +314,23 @@ class GMMPrior:
     return cls.from_arrays(m, cv, w)
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes the prior in ``gmm_08.pkl``'s format (a pickle of numpy arrays)."""
-    data = {"means": np.asarray(self.means), "covars": np.asarray(self.covars),
-            "weights": np.asarray(self.weights)}
+    """Writes the prior: an ``.npz`` (means, covars, weights) when ``path`` ends in .npz, else
+    ``gmm_08.pkl``'s format (a protocol-2 pickle of a dict of NumPy arrays)."""
     with open(path, "wb") as f:
-      pickle.dump(data, f, protocol=2)
+      if Path(path).suffix.lower() == ".npz":
+        self._write_npz(f)
+      else:
+        pickle.dump(self._arrays(), f, protocol=2)
 
+  def _arrays(self) -> dict:
+    return {"means": np.asarray(self.means), "covars": np.asarray(self.covars),
+            "weights": np.asarray(self.weights)}
+
+  def _write_npz(self, f) -> None:
+    # To a file object: np.savez would append ".npz" to a temporary name.
+    np.savez(f, **self._arrays())
+
+  @full_precision
   def nll(self, x: jnp.ndarray) -> jnp.ndarray:
     """The max-mixture negative log-likelihood of (..., D) values -> (...)."""
     d = x[..., None, :] - self.means
@@ -354,6 +372,7 @@ def fit_gmm(x: np.ndarray, num_components: int = GMM_COMPONENTS, num_iters: int 
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters",))
+@full_precision
 def _em(x, init, num_iters: int, reg_covar):
   n, d = x.shape
   eye = jnp.eye(d, dtype=x.dtype)
@@ -399,7 +418,7 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
   """The pose prior used when no ``gmm_08.pkl`` is given: a mixture fitted to training poses.
 
   Fitted once per distinct pose set and cached in memory and (unless ``cache_dir`` is None) as
-  ``pose_gmm_<hash>.pkl`` in ``cache_dir`` (default ``$XDG_CACHE_HOME/lgd_jax`` or
+  ``pose_gmm_<hash>.npz`` in ``cache_dir`` (default ``$XDG_CACHE_HOME/lgd_jax`` or
   ``~/.cache/lgd_jax``); the hash covers the poses and the settings, so a changed sampler or data
   set gets a new fit.
 
@@ -417,7 +436,9 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
   """
   if poses is None:
     from lgd_jax.data import synthetic
-    poses = np.asarray(synthetic.sample_poses(jax.random.PRNGKey(GMM_SEED), num_samples))
+    # Concrete even when called while tracing (a jitted caller): the fit below is NumPy's.
+    with jax.ensure_compile_time_eval():
+      poses = np.asarray(synthetic.sample_poses(jax.random.PRNGKey(GMM_SEED), num_samples))
   poses = np.asarray(poses, np.float32)
   if poses.ndim != 2 or poses.shape[1] < 72:
     raise PriorFileError(f"pose prior: expected training poses (N, 72), got {poses.shape}")
@@ -430,7 +451,7 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
     return _PRIOR_CACHE[key]
   path = None
   if cache_dir is not None:
-    path = (Path(cache_dir) if cache_dir else _cache_dir()) / f"pose_gmm_{key}.pkl"
+    path = (Path(cache_dir) if cache_dir else _cache_dir()) / f"pose_gmm_{key}.npz"
     if path.is_file():
       try:
         _PRIOR_CACHE[key] = GMMPrior.load(path)
@@ -439,16 +460,19 @@ def default_pose_prior(poses: np.ndarray | None = None, num_components: int = GM
         pass  # a damaged cache entry is refitted and overwritten
   if log:
     log(f"fitting the default pose prior ({num_components} Gaussians, {len(body_pose)} poses)")
-  prior = fit_gmm(body_pose, num_components)
+  with jax.ensure_compile_time_eval():
+    prior = fit_gmm(body_pose, num_components)
   _PRIOR_CACHE[key] = prior
   if path is not None:
     try:
       path.parent.mkdir(parents=True, exist_ok=True)
-      tmp = path.with_suffix(f".tmp{os.getpid()}")
-      prior.save(tmp)
+      # Written beside the target and renamed: a reader never sees half a file.
+      tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}")
+      with open(tmp, "wb") as f:
+        prior._write_npz(f)
       os.replace(tmp, path)
     except OSError:
-      pass  # an unwritable cache only costs a refit next time
+      tmp.unlink(missing_ok=True)  # an unwritable cache only costs a refit next time
   return prior
 
 
@@ -544,7 +568,6 @@ def _yaw_starts(problem: Problem, theta0, num: int):
   return jax.vmap(turn)(yaws).at[0].set(theta0)  # the start itself, not a round trip of it
 
 
-@functools.partial(jax.jit, static_argnames=("num_iters", "yaw_candidates"))
 def smplify(problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
             num_iters: tuple[int, int] = (100, 100), pose_prior: GMMPrior | None = None,
             prior_scale=1.0, lr=SPIN_LEARNING_RATE, theta0: jnp.ndarray | None = None,
@@ -557,7 +580,8 @@ def smplify(problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
     conf: (B, K) confidences.
     num_iters: (stage 1, stage 2) Adam iterations (static).
     pose_prior: a :class:`GMMPrior` (e.g. ``GMMPrior.load("gmm_08.pkl")``); None =
-      :func:`default_pose_prior` of the synthetic sampler (fitted outside the trace).
+      :func:`default_pose_prior` of the synthetic sampler (resolved before the jitted fit; not
+      needed, and not fitted, when stage 2 has no iterations).
     prior_scale: one global factor on the squared prior weights.
     lr: Adam's learning rate (SPIN: 1e-2).
     theta0: (B, P) start; None = zeros (the zero pose and mean shape).
@@ -569,8 +593,17 @@ def smplify(problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
     :class:`Trajectory` over steps 0..M (M = stage 1 + stage 2) with the official objective's
     loss and gradient norm; step 0 is ``theta0``.
   """
+  if pose_prior is None and num_iters[1] > 0:
+    # Outside the jitted fit: the default prior is fitted with NumPy from concrete poses.
+    pose_prior = default_pose_prior()
+  return _smplify(problem, kp2d, conf, tuple(num_iters), pose_prior, prior_scale, lr, theta0,
+                  yaw_candidates, weights)
+
+
+@functools.partial(jax.jit, static_argnames=("num_iters", "yaw_candidates"))
+def _smplify(problem, kp2d, conf, num_iters, prior, prior_scale, lr, theta0, yaw_candidates,
+             weights):
   s1, s2 = num_iters
-  prior = default_pose_prior() if pose_prior is None else pose_prior
   w = spin_weights(problem, prior_scale) if weights is None else weights
   if theta0 is None:
     theta0 = jnp.zeros(kp2d.shape[:1] + (problem.num_params,), kp2d.dtype)
@@ -608,9 +641,10 @@ def smplify(problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
 
   _, first = lgd._evaluate(problem, theta0, kp2d, conf)
   theta, hist1 = run_stage(start, s1_fn, s1, free)
-  _, hist2 = run_stage(theta, s2_fn, s2, jnp.ones_like(free))
-  return Trajectory(*jax.tree.map(lambda a, h1, h2: jnp.concatenate([a[None], h1, h2], 0),
-                                  first, hist1, hist2))
+  parts = [jax.tree.map(lambda a: a[None], first), hist1]
+  if s2 > 0:  # without stage 2 there may be no prior to trace
+    parts.append(run_stage(theta, s2_fn, s2, jnp.ones_like(free))[1])
+  return Trajectory(*jax.tree.map(lambda *h: jnp.concatenate(h, 0), *parts))
 
 
 def smplify_stages(num_steps: int) -> tuple[int, int]:

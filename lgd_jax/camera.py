@@ -5,6 +5,8 @@ from __future__ import annotations
 import flax.struct
 import jax.numpy as jnp
 
+from lgd_jax.numerics import full_precision
+
 # The official LGD code renders training keypoints with fx = fy = 256, c = 0, R = I, t = (0, 0, -6)
 # and then negates x. That is the same image as a standard (OpenCV-style) pinhole camera at
 # z = +6 looking down -z with the image y axis pointing down: R = diag(1, -1, -1), t = (0, 0, 6).
@@ -49,12 +51,14 @@ def official_camera(dtype=jnp.float32) -> Camera:
                      (0.0, 0.0, OFFICIAL_DISTANCE), dtype)
 
 
+@full_precision
 def to_camera_frame(points: jnp.ndarray, camera: Camera) -> jnp.ndarray:
   """World points (..., K, 3) to camera coordinates (..., K, 3)."""
   rot = camera.rotation[..., None, :, :]
   return jnp.sum(rot * points[..., None, :], -1) + camera.translation[..., None, :]
 
 
+@full_precision
 def project(points: jnp.ndarray, camera: Camera) -> jnp.ndarray:
   """Perspective projection of world points.
 
@@ -69,6 +73,7 @@ def project(points: jnp.ndarray, camera: Camera) -> jnp.ndarray:
   return cam[..., :2] / cam[..., 2:3] * camera.focal[..., None, :] + camera.center[..., None, :]
 
 
+@full_precision
 def weak_perspective(points: jnp.ndarray, scale: jnp.ndarray, trans: jnp.ndarray) -> jnp.ndarray:
   """HMR/SPIN's weak-perspective camera: s * (X_xy + t).
 

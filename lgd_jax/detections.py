@@ -86,6 +86,7 @@ import numpy as np
 
 from lgd_jax import body, camera, lgd, objective, parallel, refine, rotations
 from lgd_jax.body.keypoint_sets import BODY25_NAMES, COCO17_NAMES, COCO18_NAMES
+from lgd_jax.numerics import full_precision
 from lgd_jax.objective import Problem
 
 # Joints per person of each source format, and their names in order.
@@ -391,6 +392,7 @@ def _translation_one(points, kp, w, focal, center):
 
 
 @jax.jit
+@full_precision
 def estimate_translation(points: jnp.ndarray, keypoints: jnp.ndarray, weights: jnp.ndarray,
                          focal: jnp.ndarray, center: jnp.ndarray) -> jnp.ndarray:
   """The camera-frame translation t that best projects points + t onto the keypoints.
@@ -439,6 +441,7 @@ class Placement(NamedTuple):
 
 
 @jax.jit
+@full_precision
 def place(problem: Problem, theta: jnp.ndarray, keypoints: jnp.ndarray, conf: jnp.ndarray,
           focal: jnp.ndarray, center: jnp.ndarray, keypoints_3d: jnp.ndarray | None = None,
           translation: jnp.ndarray | None = None) -> Placement:

@@ -2,7 +2,8 @@
 
 Every metric takes predictions and ground truth in metres, reduces only the point axis and returns
 millimetres (or percent) per sample, for any leading batch dimensions; average over the batch
-yourself. All are pure and jittable, and compute in the inputs' floating dtype.
+yourself. All are pure and jittable, and compute in the inputs' floating dtype, with full
+float32 products whatever ``jax_default_matmul_precision`` says.
 
     err = metrics.mpjpe(pred, gt, root=(2, 3))     # (B,) mm, centred on the mid-hip (LSP order)
     pa = metrics.pa_mpjpe(pred, gt)                 # (B,) mm after similarity Procrustes
@@ -14,6 +15,8 @@ from typing import Sequence, Union
 
 import jax.numpy as jnp
 import numpy as np
+
+from lgd_jax.numerics import full_precision
 
 Root = Union[int, Sequence[int], None]
 
@@ -69,6 +72,7 @@ def mpjpe(pred: jnp.ndarray, gt: jnp.ndarray, root: Root = 0) -> jnp.ndarray:
   return jnp.mean(joint_errors(pred, gt, root), axis=-1)
 
 
+@full_precision
 def procrustes_align(pred: jnp.ndarray, gt: jnp.ndarray) -> jnp.ndarray:
   """Aligns ``pred`` to ``gt`` by the least-squares similarity transform (s, R, t).
 
@@ -104,6 +108,7 @@ def procrustes_align(pred: jnp.ndarray, gt: jnp.ndarray) -> jnp.ndarray:
   return scale[..., None, None] * jnp.einsum("...ij,...nj->...ni", rot, x1) + mu2
 
 
+@full_precision
 def pa_mpjpe(pred: jnp.ndarray, gt: jnp.ndarray) -> jnp.ndarray:
   """MPJPE after similarity Procrustes alignment of ``pred`` to ``gt`` (reconstruction error).
 

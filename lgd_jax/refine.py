@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from lgd_jax import objective
+from lgd_jax.numerics import full_precision
 from lgd_jax.objective import Problem
 
 
@@ -52,6 +53,7 @@ DEFAULT_WEIGHTS = RefineWeights()
 DEFAULT_STEPS = 100
 
 
+@full_precision
 def camera_keypoints(problem: Problem, theta: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
   """(..., P), (..., 3) -> (..., K, 3) keypoints in the camera frame X_cam = R X + t."""
   return objective.keypoints_3d(problem, theta) @ problem.camera.rotation.T + t[..., None, :]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from lgd_jax.numerics import full_precision
+
 # Below this squared angle (0.1 rad) the Taylor series are used. Their truncation error, about
 # theta^8 / 9!, is far below float64 round-off there.
 _SMALL_ANGLE_SQ = 1e-2
@@ -202,6 +204,7 @@ def rot6d_to_axis_angle(x: jnp.ndarray) -> jnp.ndarray:
   return matrix_to_axis_angle(rot6d_to_matrix(x))
 
 
+@full_precision
 def euler_to_matrix(angles: jnp.ndarray, order: str = "xyz") -> jnp.ndarray:
   """Intrinsic Euler angles to rotation matrices: R = R_{order[0]} @ R_{order[1]} @ R_{order[2]}.
 

@@ -29,6 +29,7 @@ from tensorboardX import SummaryWriter
 from lgd_jax import body, camera, lgd, metrics, networks, objective, parallel
 from lgd_jax.data import augment
 from lgd_jax.body.model import NUM_POSE
+from lgd_jax.numerics import full_precision
 from lgd_jax.objective import Problem
 from lgd_jax.rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle
 
@@ -226,6 +227,7 @@ def with_epoch_order(source: PoseSource, seed: int, epoch: int,
   return source.replace(order=epoch_order(seed, epoch, source.size, mesh))
 
 
+@full_precision
 def rotate_root(pose: jnp.ndarray, yaw, pitch, roll) -> jnp.ndarray:
   """Left-multiplies the global orientation by R_z(roll) R_y(yaw) R_x(pitch) (official order;
   y is up, so yaw turns the body about the vertical)."""
@@ -586,7 +588,11 @@ class StepSettings(NamedTuple):
   detector: augment.DetectorSettings = augment.DetectorSettings()  # detector-like 2D input
 
 
-@functools.partial(jax.jit, static_argnames=("learner", "settings"), donate_argnums=(0,))
+# How train_step is compiled (tests compile a trace-counting copy of it the same way).
+TRAIN_STEP_JIT = {"static_argnames": ("learner", "settings"), "donate_argnums": (0,)}
+
+
+@functools.partial(jax.jit, **TRAIN_STEP_JIT)
 def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
                learner: lgd.Learner, settings: StepSettings):
   """One training step: sampling, augmentation, the unrolled fit, the loss, its gradient and the

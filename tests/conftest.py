@@ -1,9 +1,35 @@
+import contextlib
 import os
 
 # Tests run on the CPU even where a GPU is present, and never grab all its memory.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
+
+
+@contextlib.contextmanager
+def forced_matmul_precision(value):
+  """``jax_default_matmul_precision`` set to ``value`` (e.g. "tensorfloat32", the default of
+  float32 products on Ampere/Hopper GPUs) for the block, then restored; None leaves it as is."""
+  import jax
+  if value is None:
+    yield
+    return
+  old = jax.config.jax_default_matmul_precision
+  jax.config.update("jax_default_matmul_precision", value)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_default_matmul_precision", old)
+
+
+@pytest.fixture(params=[None, "tensorfloat32"], ids=["default", "tf32"])
+def matmul_default(request):
+  """Runs a test twice: at the global default matmul precision and with TF32 forced (the
+  geometry must not depend on it, see lgd_jax.numerics.full_precision); use it through
+  ``pytestmark = pytest.mark.usefixtures("matmul_default")``."""
+  with forced_matmul_precision(request.param):
+    yield request.param
 
 
 def tiny_train_config(**overrides):

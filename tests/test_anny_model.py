@@ -1,4 +1,5 @@
-"""The free body model (third_party/anny/anny_smpl.npz): SMPL's conventions on the committed file."""
+"""The free body model (lgd_jax/assets/anny/anny_smpl.npz): SMPL's conventions on the committed
+file."""
 
 import os
 

@@ -24,6 +24,7 @@ SAME_TRAJ_ATOL = 1e-5  # parallel and while-loop line searches pick the same tri
 GMM_MEANS_ATOL = 0.1  # EM on 3000 samples of well-separated components (std <= 0.5)
 GMM_WEIGHTS_ATOL = 0.05
 NLL_RTOL = 1e-4  # float32 prior vs the float64 reference formula
+GMM_TRACE_ATOL = 1e-5  # the same EM in the jitted caller's constant folding and on its own
 PRIOR_PULL = 0.5  # distance to the prior mean after the prior-only fit, relative to the start
 
 
@@ -53,9 +54,11 @@ def line_search(problem, batch):
 def prior():
   """A small mixture (cheap to build) standing in for SMPLify's gmm_08.pkl."""
   rng = np.random.default_rng(1)
-  means = rng.normal(size=(2, 69)) * 0.2
-  covars = np.repeat(np.eye(69)[None] * 0.05, 2, 0)
-  return baselines.GMMPrior.from_arrays(means, covars, np.array([0.4, 0.6]))
+  # As many components as the default prior: the default-prior test reuses this program.
+  c = baselines.GMM_COMPONENTS
+  means = rng.normal(size=(c, 69)) * 0.2
+  covars = np.repeat(np.eye(69)[None] * 0.05, c, 0)
+  return baselines.GMMPrior.from_arrays(means, covars, rng.dirichlet(np.full(c, 10.0)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,6 +189,41 @@ def test_priors_pull_toward_the_prior_mean(problem, batch, prior):
   np.testing.assert_array_equal(p1.pose[:, :3], p0.pose[:, :3])  # nothing moves the root
 
 
+def test_smplify_default_prior(problem, batch, prior, smplify_run, tmp_path, monkeypatch):
+  """The documented default, pose_prior=None: the default prior is resolved before the jitted
+  fit (it used to be fitted inside the trace, which cannot convert its poses to NumPy)."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  # smplify_run's program: the same stages, start and prior shapes (only traced values differ).
+  iters = baselines.smplify_stages(NUM_STEPS)
+  theta0 = jnp.zeros_like(batch.theta)
+  traj = baselines.smplify(problem, batch.kp2d, batch.conf, iters, theta0=theta0)
+  default = baselines.default_pose_prior()
+  assert default.means.shape == prior.means.shape
+  assert traj.theta.shape == (NUM_STEPS + 1, BATCH, problem.num_params)
+  assert np.all(np.isfinite(np.asarray(traj.loss)))
+  explicit = baselines.smplify(problem, batch.kp2d, batch.conf, iters, theta0=theta0,
+                               pose_prior=default)
+  np.testing.assert_array_equal(traj.theta, explicit.theta)
+  # A different prior gives a different stage 2: the default was really used.
+  assert np.abs(np.asarray(traj.theta[-1]) - np.asarray(smplify_run[1][-1])).max() > 0
+  # Without stage 2 no prior is needed and none is fitted (detections' "zero" start); tracing
+  # is enough to show that the program builds.
+  monkeypatch.setattr(baselines, "default_pose_prior", lambda *a, **k: pytest.fail("fitted"))
+  shape = jax.eval_shape(lambda x, c: baselines.smplify(problem, x, c, (2, 0)).theta,
+                         batch.kp2d, batch.conf)
+  assert shape.shape == (3, BATCH, problem.num_params)
+
+
+def test_default_prior_can_be_fitted_while_tracing(monkeypatch):
+  """A jitted caller may ask for the default prior: its poses and EM are evaluated concretely."""
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  fit = lambda: baselines.default_pose_prior(None, 2, 200, cache_dir=None)  # noqa: E731
+  inside = jax.jit(lambda: fit().means)()
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  np.testing.assert_allclose(inside, fit().means, atol=GMM_TRACE_ATOL)
+
+
 def test_angle_prior_penalises_hyperextension_in_our_conventions():
   limits = synthetic.JOINT_LIMITS_DEG  # (24, 3, 2): flexion is the allowed side of each hinge
   names = {55: "left_elbow", 58: "right_elbow", 12: "left_knee", 15: "right_knee"}
@@ -258,11 +296,38 @@ def test_gmm08_file_round_trips(tmp_path):
       terms.append(0.5 * d @ np.linalg.inv(c) @ d - np.log(coef))
     want.append(min(terms))
   np.testing.assert_allclose(np.asarray(g.nll(jnp.asarray(x, jnp.float32))), want, rtol=NLL_RTOL)
-  g.save(tmp_path / "copy.pkl")
-  g2 = baselines.GMMPrior.load(tmp_path / "copy.pkl")
-  for key in ("means", "covars", "weights"):
-    np.testing.assert_array_equal(getattr(g, key), getattr(g2, key))
-  np.testing.assert_allclose(g2.nll(jnp.asarray(x, jnp.float32)), want, rtol=NLL_RTOL)
+  for name in ("copy.pkl", "copy.npz"):
+    g.save(tmp_path / name)
+    g2 = baselines.GMMPrior.load(tmp_path / name)
+    for key in ("means", "covars", "weights"):
+      np.testing.assert_array_equal(getattr(g, key), getattr(g2, key))
+    np.testing.assert_allclose(g2.nll(jnp.asarray(x, jnp.float32)), want, rtol=NLL_RTOL)
+  with np.load(tmp_path / "copy.npz", allow_pickle=False) as z:  # plain arrays, no pickle
+    assert sorted(z.files) == ["covars", "means", "weights"]
+
+
+class _RunsCode:
+  """Pickles as a call of os.system: unpickling it with pickle.load runs the command."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    import os
+    return os.system, (self.command,)
+
+
+def test_malicious_gmm08_is_refused_without_running_it(tmp_path):
+  marker = tmp_path / "executed"
+  path = tmp_path / "gmm_08.pkl"
+  data = dict(_fake_gmm08(tmp_path / "ok.pkl"), weights=_RunsCode(f"touch {marker}"))
+  with open(path, "wb") as f:
+    pickle.dump(data, f, protocol=2)
+  with pytest.raises(baselines.PriorFileError) as e:
+    baselines.GMMPrior.load(path)
+  msg = str(e.value)
+  assert "\n" not in msg and str(path) in msg and "system" in msg and "not allowed" in msg
+  assert not marker.exists()
 
 
 def test_bad_prior_files_get_one_clear_line(tmp_path):
@@ -290,12 +355,27 @@ def test_default_prior_is_fitted_once_and_cached(tmp_path, monkeypatch):
   monkeypatch.setattr(baselines, "fit_gmm", lambda *a, **k: calls.append(1) or real(*a, **k))
   monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
   g = baselines.default_pose_prior(poses, num_components=2, cache_dir=tmp_path)
-  assert len(calls) == 1 and len(list(tmp_path.glob("pose_gmm_*.pkl"))) == 1
+  assert len(calls) == 1 and [p.suffix for p in tmp_path.iterdir()] == [".npz"]
+  (cached,) = tmp_path.glob("pose_gmm_*.npz")
+  with np.load(cached, allow_pickle=False) as z:  # plain arrays: reading it runs nothing
+    np.testing.assert_array_equal(z["means"], g.means)
   assert baselines.default_pose_prior(poses, num_components=2, cache_dir=tmp_path) is g
+  # A pickle planted under the cache's old name is never read.
+  marker = tmp_path / "executed"
+  with open(cached.with_suffix(".pkl"), "wb") as f:
+    pickle.dump(_RunsCode(f"touch {marker}"), f, protocol=2)
   monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})  # a new process: read from disk
   g2 = baselines.default_pose_prior(poses, num_components=2, cache_dir=tmp_path)
-  assert len(calls) == 1
-  np.testing.assert_allclose(g2.means, g.means)
+  assert len(calls) == 1 and not marker.exists()
+  for key in ("means", "covars", "weights"):
+    np.testing.assert_array_equal(getattr(g2, key), getattr(g, key))
+  # A damaged entry is refitted and replaced.
+  cached.write_bytes(b"PK\x03\x04 not really a zip")
+  monkeypatch.setattr(baselines, "_PRIOR_CACHE", {})
+  baselines.default_pose_prior(poses, num_components=2, cache_dir=tmp_path)
+  assert len(calls) == 2
+  with np.load(cached, allow_pickle=False) as z:
+    np.testing.assert_array_equal(z["means"], g.means)
   # The mixture describes its training poses better than poses far from them.
   body_pose = jnp.asarray(poses[:, 3:])
   assert float(g.nll(body_pose).mean()) < float(g.nll(body_pose + 0.5).mean())

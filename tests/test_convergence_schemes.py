@@ -1,5 +1,6 @@
 """The training schemes and inference rules that make the learned update convergent."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -190,7 +191,10 @@ def _step_fn(config, learner, problem):
   return state, training.make_train_step(learner, config, config.steps_per_epoch)
 
 
-def test_random_unroll_length_compiles_once_and_loss_covers_the_steps_taken():
+def test_random_unroll_length_compiles_once_and_loss_covers_the_steps_taken(monkeypatch):
+  # A copy of the step whose Python function may be traced once (chex raises on a second).
+  monkeypatch.setattr(training, "train_step", jax.jit(
+      chex.assert_max_traces(training.train_step.__wrapped__, n=1), **training.TRAIN_STEP_JIT))
   config = tiny_train_config(**{"unroll.length": "uniform", "unroll.max_steps": 4,
                                 "unroll.min_steps": 1, "batch_size": 16})
   model = training.load_body_model(config)

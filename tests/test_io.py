@@ -522,6 +522,20 @@ def test_disallowed_class_is_rejected_not_executed(tmp_path, payload, name):
   assert not marker.exists()
 
 
+def test_every_pickle_goes_through_the_restricted_unpickler():
+  """SMPL, 3DPW and the GMM prior share lgd_jax.safe_pickle; no module unpickles on its own."""
+  import pathlib
+  import re
+
+  import lgd_jax
+  root = pathlib.Path(lgd_jax.__file__).parent
+  # pickle's own readers (not safe_pickle.load) and NumPy's pickle switch.
+  unsafe = re.compile(r"(?<![\w.])(pickle\.(load|loads|Unpickler)\b|allow_pickle=True)")
+  offenders = [f"{p.relative_to(root)}: {m.group(0)}" for p in sorted(root.rglob("*.py"))
+               if p.name != "safe_pickle.py" for m in unsafe.finditer(p.read_text())]
+  assert not offenders
+
+
 def test_missing_file_says_where_smpl_goes(tmp_path):
   path = tmp_path / "SMPL_NEUTRAL.pkl"
   with pytest.raises(FileNotFoundError) as e:

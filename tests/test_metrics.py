@@ -1,4 +1,5 @@
-"""3D error metrics: hand-computed cases, Procrustes against SPIN's NumPy code, batching, jit."""
+"""3D error metrics: hand-computed cases, Procrustes against SPIN's NumPy code, batching, jit; all
+of it again with ``jax_default_matmul_precision`` forced to "tensorfloat32"."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,9 @@ import numpy as np
 import pytest
 
 from lgd_jax import metrics, rotations
+
+# Every test twice: at the default matmul precision and with TF32 forced (conftest).
+pytestmark = pytest.mark.usefixtures("matmul_default")
 
 # Millimetre tolerance for float32 results on metre-scale inputs.
 F32_MM_TOL = 1e-3

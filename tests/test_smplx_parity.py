@@ -2,7 +2,8 @@
 
 Both frameworks load the same random 6890-vertex, 10-beta model file (written with the official
 SMPL keys from ``synthetic_smpl_arrays``) and run on the same batch; vertices, the 24 skeleton
-joints and the keypoint sets must agree to ``ATOL_M`` metres. Needs the torch extra (torch and
+joints and the keypoint sets must agree to ``ATOL_M`` metres, also with
+``jax_default_matmul_precision`` forced to "tensorfloat32". Needs the torch extra (torch and
 smplx); skipped without it.
 """
 
@@ -17,6 +18,9 @@ smplx = pytest.importorskip("smplx")
 from smplx.utils import Struct  # noqa: E402  (after the importorskip)
 
 from lgd_jax import body  # noqa: E402
+
+# Every test twice: at the default matmul precision and with TF32 forced (conftest).
+pytestmark = pytest.mark.usefixtures("matmul_default")
 
 # Worst absolute difference allowed, metres (float32 in both frameworks).
 ATOL_M = 1e-5

