@@ -51,6 +51,10 @@ VARIANTS = {
     "late+robust+fp+len": ("late starts, robust objective, fixed points, length 1..20",
                            {**LATE, **ROBUST, **FIXED_POINT, "unroll.length": "uniform",
                             "unroll.max_steps": 20}),
+    "late+robust+fp+gd+damp": ("late starts, robust objective, fixed points, gradient term, "
+                               "network damped (τ = 10)",
+                               {**LATE, **ROBUST, **FIXED_POINT, "model.gd_rate": 0.1,
+                                "model.damping": 10.0}),
     "late50+robust+fp": ("half of each batch continued, robust objective, fixed points",
                          {**LATE, "unroll.late_fraction": 0.5, **ROBUST, **FIXED_POINT}),
 }
