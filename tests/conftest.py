@@ -47,6 +47,10 @@ def tiny_train_config(**overrides):
   c.model.hidden = 64
   c.model.num_blocks = 2
   c.model.unroll = 1
+  # The keyframe sampler for training and validation: the one a 24-step run learns measurably
+  # (the broad and held-out sources need the demo's budget; tests of them use their own).
+  c.poses = "keyframes"
+  c.test_poses = "keyframes"
   for k, v in overrides.items():
     node = c
     *parents, leaf = k.split(".")
@@ -54,6 +58,18 @@ def tiny_train_config(**overrides):
       node = node[p]
     setattr(node, leaf, v)
   return c
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops JAX's compiled programs after each test module: a worker that runs many modules would
+  otherwise hold every program it ever compiled (several GB by the end of the suite)."""
+  yield
+  import gc
+
+  import jax
+  jax.clear_caches()
+  gc.collect()
 
 
 @pytest.fixture(scope="session")

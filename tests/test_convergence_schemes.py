@@ -107,6 +107,7 @@ def test_damping_schedule_scales_each_step(problem):
                              s * tau / (tau + np.array([10.0, 11.0])), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_gate_makes_an_exact_fit_a_fixed_point(model):
   prob = objective.make_problem(model, "coco18", loss="robust")
   batch = _batch(prob, n=4)
@@ -118,6 +119,7 @@ def test_gradient_gate_makes_an_exact_fit_a_fixed_point(model):
   assert float(jnp.min(jnp.abs(traj.theta[1] - traj.theta[0]))) > 1e-3
 
 
+@pytest.mark.slow
 def test_gradient_term_with_a_silent_network_is_gradient_descent(problem):
   batch = _batch(problem, n=4)
   net = networks.PaperUpdateNet(problem.num_params, hidden=8, num_blocks=1, out_init_scale=0.0)
@@ -135,6 +137,7 @@ def test_gradient_term_with_a_silent_network_is_gradient_descent(problem):
 # Normalisation.
 
 
+@pytest.mark.slow
 def test_per_step_batchnorm_keeps_statistics_per_step(problem):
   batch = _batch(problem, n=16)
   net = networks.PaperUpdateNet(problem.num_params, hidden=8, num_blocks=1,
@@ -168,6 +171,7 @@ def test_per_step_batchnorm_keeps_statistics_per_step(problem):
 # Unroll lengths, continued fits and fixed-point samples.
 
 
+@pytest.mark.slow
 def test_masked_steps_repeat_the_last_state_and_leave_statistics_alone(problem):
   batch = _batch(problem, n=8)
   net = networks.PaperUpdateNet(problem.num_params, hidden=8, num_blocks=1)
@@ -191,6 +195,7 @@ def _step_fn(config, learner, problem):
   return state, training.make_train_step(learner, config, config.steps_per_epoch)
 
 
+@pytest.mark.slow
 def test_random_unroll_length_compiles_once_and_loss_covers_the_steps_taken(monkeypatch):
   # A copy of the step whose Python function may be traced once (chex raises on a second).
   monkeypatch.setattr(training, "train_step", jax.jit(
@@ -216,6 +221,7 @@ def test_random_unroll_length_compiles_once_and_loss_covers_the_steps_taken(monk
   np.testing.assert_allclose(w, np.array([0.25, 0.5, 1, 0, 0]) / 1.75)
 
 
+@pytest.mark.slow
 def test_fit_buffer_continues_fits_and_restarts_old_ones():
   config = tiny_train_config(**{"unroll.late_fraction": 0.25, "unroll.buffer_rounds": 2,
                                 "unroll.max_age": 5, "batch_size": 16, "num_steps": 2})
@@ -264,6 +270,7 @@ def test_fixed_point_samples_start_near_the_truth_and_pay_for_moving(problem):
   np.testing.assert_allclose(loss, 0.25, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_buffer_is_checkpointed_and_restored_exactly(tmp_path):
   config = tiny_train_config(**{"unroll.late_fraction": 0.25, "unroll.buffer_rounds": 2,
                                 "unroll.max_age": 6, "unroll.fixed_point_fraction": 0.125,
@@ -310,6 +317,7 @@ def test_config_mistakes_name_the_field(overrides, field):
 # The stopping rule.
 
 
+@pytest.mark.slow
 def test_stopping_rule_stops_where_the_relative_change_falls_below_tol(problem):
   batch = _batch(problem, n=6)
   learner = lgd.Learner(_NegativeGradient(), None, ("grad",), output_scale=20.0)

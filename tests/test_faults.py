@@ -70,6 +70,7 @@ def _variables(workdir):
   return jax.device_get(evaluation.restore(workdir).variables)
 
 
+@pytest.mark.slow
 def test_killed_and_signalled_runs_resume_exactly(tmp_path):
   cache, work, ref = tmp_path / "cache", tmp_path / "interrupted", tmp_path / "reference"
   reference = subprocess.run([sys.executable, "train.py", "--workdir", str(ref), *CLI_ARGS],
@@ -194,6 +195,7 @@ def _poisoned_data(fraction):
   return load
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_without_applying(resumable, monkeypatch):
   directory, step = checkpoints.locate(resumable)
   before = {s: checkpoints.digest(_state_files(directory / str(s))) for s in (6, 12)}

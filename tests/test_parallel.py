@@ -90,6 +90,7 @@ def runs(tmp_path_factory):
   return tmp, out
 
 
+@pytest.mark.slow
 def test_four_devices_follow_one_device(runs):
   tmp, out = runs
   one, four = out["1"], out[str(NUM_DEVICES)]

@@ -283,6 +283,7 @@ def _check_layout(results, restored, metrics):
   assert "learned (ours)" in text and "zero" in text
 
 
+@pytest.mark.slow
 def test_evaluate_3dpw_end_to_end(restored, fake_3dpw):
   root, smpl_dir, _, truth = fake_3dpw
   logs = []

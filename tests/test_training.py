@@ -77,9 +77,10 @@ def test_restored_checkpoint_gives_identical_predictions(trained):
   config, workdir, state = trained
   r = evaluation.restore(workdir)
   assert r.step == 24
-  assert r.config.to_json() == config.to_json()
+  assert r.config.to_dict() == config.to_dict()
   # The validation batches' shape and N reuse the programs the training run compiled.
-  batch = training.validation_batches(config, r.problem, training.PoseSource(), 32, 5, 32)[0]
+  source = training.synthetic_source(config, "test")
+  batch = training.validation_batches(config, r.problem, source, 32, 5, 32)[0]
   live = {"params": state.params, "batch_stats": state.batch_stats}
   a, theta_a = training.eval_lgd(r.learner, live, r.problem, batch, 2)
   b, theta_b = training.eval_lgd(r.learner, r.variables, r.problem, batch, 2)
@@ -102,7 +103,7 @@ def test_train_step_compiles_once(model_path, trained, counted_train_step, monke
   step = training.make_train_step(learner, config, config.steps_per_epoch)
   before = training.train_step._cache_size()
   for i in range(3):
-    state, _ = step(state, problem, training.PoseSource(), jax.random.PRNGKey(i))
+    state, _ = step(state, problem, training.synthetic_source(config), jax.random.PRNGKey(i))
   # The same config reuses the program the training run compiled; new keys never retrace
   # (chex.assert_max_traces raises on a second trace of the step).
   assert training.train_step._cache_size() == before == 1
@@ -132,6 +133,7 @@ def test_resume_refuses_another_configs_state(tmp_path, model_path, trained):
     training.train_and_evaluate(c, workdir, show_progress=False)
 
 
+@pytest.mark.slow
 def test_evaluate_from_checkpoint(trained, tmp_path):
   _, workdir, _ = trained
   # Steps = N and batches the size of training's validation batches reuse compiled programs.
