@@ -1,15 +1,16 @@
 """The public PyTorch code's settings: separate pose and shape heads (residual MLPs), a learned
 initial guess from the keypoints, features [x, θ, ∂L/∂θ], output scale 0.1, 3 update steps,
-batch 512, learning rate ×0.8 per epoch, every AMASS frame.
+batch 512, learning rate ×0.8 per epoch, every AMASS frame. ``configs/official.py:convergent``
+trains it with the convergent scheme (``lgd_jax.config.CONVERGENT``) instead.
 
     python train.py --config configs/official.py --workdir runs/official \
         --config.body_model=third_party/smpl/SMPL_MALE.pkl --config.amass_dir=/data/AMASS
 """
 
-from lgd_jax.config import base_config
+from lgd_jax.config import base_config, with_scheme
 
 
-def get_config():
+def get_config(scheme: str = "published"):
   c = base_config()
   c.requires_data = True
   c.batch_size = 512
@@ -19,4 +20,4 @@ def get_config():
   c.model.variant = "official"
   c.model.init = "learned"
   c.model.output_scale = 0.1
-  return c
+  return with_scheme(c, scheme)
