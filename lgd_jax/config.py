@@ -141,6 +141,7 @@ CONVERGENT = {
     "objective_loss": "robust",
     "unroll.late_fraction": 0.25, "unroll.buffer_rounds": 8, "unroll.max_age": 100,
     "unroll.fixed_point_fraction": 0.1, "loss.update": 1.0,
+    "model.gd_rate": 0.1, "model.damping": 10.0,
 }
 SCHEMES = ("published", "convergent")
 
