@@ -64,11 +64,5 @@ def get_config(name: str = "published"):
   if name not in VARIANTS:
     raise ValueError(f"configs/ablation.py:{name}: unknown variant, expected one of "
                      f"{sorted(VARIANTS)}")
-  c = _demo.published_config()
-  for key, value in VARIANTS[name][1].items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  from lgd_jax.config import apply_overrides
+  return apply_overrides(_demo.published_config(), VARIANTS[name][1])

@@ -1,16 +1,17 @@
 """The public PyTorch code's settings: separate pose and shape heads (residual MLPs), a learned
 initial guess from the keypoints, features [x, θ, ∂L/∂θ], output scale 0.1, 3 update steps,
 batch 512, learning rate ×0.8 per epoch, every AMASS frame (shuffled once per epoch, the base
-config's default), Dense layers started as PyTorch's nn.Linear.
+config's default), Dense layers started as PyTorch's nn.Linear. ``configs/official.py:convergent``
+trains it with the convergent scheme (``lgd_jax.config.CONVERGENT``) instead.
 
     python train.py --config configs/official.py --workdir runs/official \
         --config.body_model=third_party/smpl/SMPL_MALE.pkl --config.amass_dir=/data/AMASS
 """
 
-from lgd_jax.config import base_config
+from lgd_jax.config import base_config, with_scheme
 
 
-def get_config():
+def get_config(scheme: str = "published"):
   c = base_config()
   c.requires_data = True
   c.batch_size = 512
@@ -21,4 +22,4 @@ def get_config():
   c.model.init = "learned"
   c.model.output_scale = 0.1
   c.model.init_style = "pytorch"  # the official nn.Linear layers keep PyTorch's default init
-  return c
+  return with_scheme(c, scheme)

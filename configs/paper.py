@@ -3,12 +3,16 @@
 
     python train.py --config configs/paper.py --workdir runs/paper \
         --config.body_model=third_party/smpl/SMPL_NEUTRAL.pkl --config.amass_dir=/data/AMASS
+
+The published training scheme by default; ``--config configs/paper.py:convergent`` (or
+``configs/paper_converge.py``) trains the same network with the convergent scheme
+(``lgd_jax.config.CONVERGENT``), whose update keeps converging past N steps.
 """
 
-from lgd_jax.config import base_config
+from lgd_jax.config import base_config, with_scheme
 
 
-def get_config():
+def get_config(scheme: str = "published"):
   c = base_config()
   c.requires_data = True  # SMPL file and AMASS directory must be given
-  return c
+  return with_scheme(c, scheme)

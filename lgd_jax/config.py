@@ -143,6 +143,36 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# The convergent training scheme, chosen by the convergence ablation
+# (``tools/convergence_ablation.py``; the table in docs/convergence_ablation.md): dotted keys.
+CONVERGENT = {
+    "objective_loss": "robust",
+    "unroll.late_fraction": 0.25, "unroll.buffer_rounds": 8, "unroll.max_age": 100,
+    "unroll.fixed_point_fraction": 0.1, "loss.update": 1.0,
+    "model.gd_rate": 0.1, "model.damping": 10.0,
+}
+SCHEMES = ("published", "convergent")
+
+
+def apply_overrides(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Sets dotted keys (``{"unroll.late_fraction": 0.25}``) of ``c`` in place; returns ``c``."""
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def with_scheme(c: ml_collections.ConfigDict, scheme: str) -> ml_collections.ConfigDict:
+  """``c`` trained by ``scheme``: "published" (the paper's: L1, fixed N, no late starts) leaves
+  it as it is, "convergent" applies :data:`CONVERGENT`."""
+  if scheme not in SCHEMES:
+    raise ValueError(f"training scheme: expected one of {SCHEMES}, got {scheme!r}")
+  return apply_overrides(c, CONVERGENT) if scheme == "convergent" else c
+
+
 # Fields whose behaviour before they existed differs from today's default.
 LEGACY_DEFAULTS = {"poses": "keyframes", "amass_sampling": "replacement"}
 

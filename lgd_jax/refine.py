@@ -14,7 +14,10 @@ on
 
 * ρ_δ: the pseudo-Huber penalty of the robust objective (:func:`lgd_jax.objective.penalty`),
   residuals in units of the person's size s (the longer side of the confident joints' box), so a
-  swapped or outlying joint costs about its distance and a tight fit is quadratic;
+  swapped or outlying joint costs about its distance and a tight fit is quadratic; or, with
+  ``sigma`` > 0, SMPLify's Geman-McClure penalty σ² d² / (σ² + d²) of each joint's distance d
+  (redescending: a joint farther than a few σ stops pulling at all, which ignores a swapped limb
+  at the price of a narrower basin);
 * the stay term keeps the learned, plausible solution unless the image asks otherwise (the
   learned fit is the prior's mean), the pose prior (SMPLify's max-mixture negative
   log-likelihood, :class:`lgd_jax.baselines.GMMPrior`), SPIN's elbow/knee angle prior and a shape
@@ -47,6 +50,7 @@ class RefineWeights(NamedTuple):
   angle: float = 1e-4
   shape: float = 1e-3
   lr: float = 0.01
+  sigma: float = 0.0  # > 0: Geman-McClure penalty with this scale (person sizes) instead of ρ_δ
 
 
 DEFAULT_WEIGHTS = RefineWeights()
@@ -74,12 +78,18 @@ def person_size(keypoints: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
   return jnp.maximum(size, 1.0)
 
 
-def image_error(problem: Problem, theta, t, keypoints, w, focal, center, size, delta):
-  """The data term of one sample: the weighted mean ρ_δ of the size-normalised residuals."""
+def image_error(problem: Problem, theta, t, keypoints, w, focal, center, size, delta,
+                sigma=0.0):
+  """The data term of one sample: the weighted mean ρ_δ of the size-normalised residuals (or,
+  with ``sigma`` > 0, the weighted mean Geman-McClure penalty of the joints' distances)."""
   pix = project(camera_keypoints(problem, theta, t), focal, center)
   r = (pix - keypoints) / size
-  pen = objective.penalty(r, "robust", delta)
-  return jnp.sum(w[:, None] * pen) / jnp.maximum(2.0 * jnp.sum(w), 1.0)
+  huber = jnp.sum(objective.penalty(r, "robust", delta), -1) / 2.0
+  d2 = jnp.sum(jnp.square(r), -1)
+  s2 = jnp.maximum(jnp.square(sigma), 1e-12)
+  gmof = s2 * d2 / (s2 + d2)
+  pen = jnp.where(sigma > 0, gmof, huber)
+  return jnp.sum(w * pen) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def energy(problem: Problem, theta, t, anchor, keypoints, w, focal, center, size, prior,
@@ -87,7 +97,8 @@ def energy(problem: Problem, theta, t, anchor, keypoints, w, focal, center, size
   """E(Θ, t) of one sample (see the module docstring)."""
   from lgd_jax import baselines
   p = objective.split(problem, theta)
-  e = image_error(problem, theta, t, keypoints, w, focal, center, size, weights.delta)
+  e = image_error(problem, theta, t, keypoints, w, focal, center, size, weights.delta,
+                  weights.sigma)
   e = e + weights.stay * jnp.mean(jnp.square(theta - anchor))
   if prior is not None:
     e = e + weights.pose * prior.nll(p.pose[3:]) / 69.0
@@ -120,7 +131,7 @@ def refine(problem: Problem, theta0: jnp.ndarray, t0: jnp.ndarray, keypoints: jn
   fn = jax.vmap(lambda th, tt, a, k, ww, f, c, s: energy(problem, th, tt, a, k, ww, f, c, s, prior,
                                                          weights))
   data_fn = jax.vmap(lambda th, tt, k, ww, f, c, s: image_error(problem, th, tt, k, ww, f, c, s,
-                                                                weights.delta))
+                                                                weights.delta, weights.sigma))
   grad_fn = jax.grad(lambda th, tt: jnp.sum(fn(th, tt, anchor, keypoints, w, focal, center, size)),
                      argnums=(0, 1))
   tx = optax.adam(weights.lr)

@@ -154,6 +154,8 @@ SETTINGS = {
     "learned, until converged": dict(refine_steps=0, until_converged=True),
     "learned + refinement (default)": dict(),
 }
+# With --sigma S: one more row, the refinement with the Geman-McClure penalty of scale S.
+GMOF_LABEL = "learned + refinement, Geman-McClure"
 
 
 def run(ckpt: str | None, out_dir: str, num_people: int = 48, seed: int = 0, settings=None,
@@ -227,9 +229,18 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no-smplify", action="store_true")
   p.add_argument("--json", default=None, help="write the results here")
+  p.add_argument("--sigma", type=float, default=0.0,
+                 help="add a row: the refinement with SMPLify's Geman-McClure penalty of this "
+                      "scale (in person sizes)")
   args = p.parse_args(argv)
   t0 = time.perf_counter()
-  results = run(args.ckpt, args.out_dir, args.num_people, args.seed, smplify=not args.no_smplify)
+  settings = dict(SETTINGS)
+  if args.sigma > 0:
+    from lgd_jax import refine
+    settings[f"{GMOF_LABEL} (σ = {args.sigma:g})"] = dict(
+        refine_weights=refine.DEFAULT_WEIGHTS._replace(sigma=args.sigma))
+  results = run(args.ckpt, args.out_dir, args.num_people, args.seed, settings=settings,
+                smplify=not args.no_smplify)
   results["wall_s"] = time.perf_counter() - t0
   print(table(results))
   if args.json:
