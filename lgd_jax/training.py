@@ -592,17 +592,26 @@ class StepSettings(NamedTuple):
 TRAIN_STEP_JIT = {"static_argnames": ("learner", "settings"), "donate_argnums": (0,)}
 
 
+def _schedule_count(opt_state) -> jnp.ndarray:
+  """The update count of the learning-rate schedule in Adam's state (the schedule's argument)."""
+  is_count = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+  return next(s.count for s in jax.tree.leaves(opt_state, is_leaf=is_count) if is_count(s))
+
+
 @functools.partial(jax.jit, **TRAIN_STEP_JIT)
-def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
+def train_step(state: TrainState, problem: Problem, source: PoseSource, base_key, *,
                learner: lgd.Learner, settings: StepSettings):
   """One training step: sampling, augmentation, the unrolled fit, the loss, its gradient and the
-  Adam update, all in one compiled program; the state's buffers are donated. An "epoch" source
-  gives the rows of step ``state.step`` of its order (the caller sets the epoch's order).
+  Adam update, all in one compiled program; the state's buffers are donated. The step's random
+  key is ``fold_in(base_key, state.step)``, made here: the caller passes the same base key every
+  step. An "epoch" source gives the rows of step ``state.step`` of its order (the caller sets the
+  epoch's order). The metrics include the learning rate this step's update used.
 
   With ``settings.unroll``: the unroll's length is drawn per batch (the scan runs the longest and
   masks the rest), part of the batch continues stored fits (the state's buffer, updated here) and
   part starts near its ground truth.
   """
+  key = jax.random.fold_in(base_key, state.step)
   k_batch, k_drop = jax.random.split(key)
   batch = parallel.constrain_batch(
       make_batch(problem, source, k_batch, settings.batch_size, settings.augment,
@@ -640,6 +649,7 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
 
   (loss, (stats, parts, traj, plan)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
+  learning_rate = learning_rate_schedule(settings.optimizer)(_schedule_count(state.opt_state))
   updates, opt_state = _adam(settings.optimizer).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   buffer = state.buffer if plan is None else update_buffer(state.buffer, plan, traj.theta[-1],
@@ -660,7 +670,8 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
   out = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
          "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(new_state.params),
          "reproj_first": jnp.mean(traj.loss[0]), "reproj_last": jnp.mean(traj.loss[last]),
-         "unroll_length": length.astype(jnp.float32)}
+         "unroll_length": length.astype(jnp.float32),
+         "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
   if plan is not None and u.late:
     out["buffer_mean_age"] = jnp.mean(jnp.maximum(buffer.age, 0).astype(jnp.float32))
   return new_state, out
@@ -668,8 +679,8 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
 
 def make_train_step(learner: lgd.Learner, config, steps_per_epoch: int,
                     mesh: Mesh | None = None) -> Callable:
-  """``(state, problem, source, key) -> (state, metrics)``: :func:`train_step` for a config,
-  with the batch split over ``mesh`` when given."""
+  """``(state, problem, source, base_key) -> (state, metrics)``: :func:`train_step` for a
+  config, with the batch split over ``mesh`` when given."""
   u = unroll_settings(config)
   settings = StepSettings(
       int(config.batch_size), int(config.num_steps),
@@ -938,7 +949,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   learner = make_learner(config, problem)
   train_src, val_src, steps_per_epoch = load_pose_data(config)
   total_steps = steps_per_epoch * int(config.num_epochs)
-  lr_schedule = learning_rate_schedule(optimizer_settings(config, steps_per_epoch))
   tx = make_optimizer(config, steps_per_epoch)
   primary = parallel.is_primary()
 
@@ -960,14 +970,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   val_batches = [parallel.shard_batch(b, mesh) for b in validation_batches(
       config, problem, val_src, int(config.val_samples), int(config.val_seed),
       int(config.batch_size))]
-  base_key = jax.random.PRNGKey(int(config.seed))
+  # Each step folds its step number into this key inside the compiled step (no host work).
+  base_key = parallel.replicate(jax.random.PRNGKey(int(config.seed)), mesh)
   _log(f"training {model.name} ({config.keypoints}, N = {config.num_steps}) on "
        f"{'AMASS ' + config.amass_dir if config.amass_dir else 'synthetic poses'}: "
        f"{total_steps} steps of batch {config.batch_size} on {mesh.devices.size} "
        f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)")
   bar = tqdm(total=total_steps, initial=start, disable=not (show_progress and primary),
              unit="step", dynamic_ncols=True, file=sys.stderr)
-  t_last, n_last = time.perf_counter(), start
+  # Samples/s is the training's: the validations and checkpoint writes of an interval are
+  # left out of its time.
+  t_last, n_last, paused = time.perf_counter(), start, 0.0
   skipped_before = int(parallel.to_host(state.num_skipped))
   try:
     with _StopSignals() as stop:
@@ -975,7 +988,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % steps_per_epoch == 0 or step == start:
           # The epoch's order, once per epoch (and at a resume: the same as uninterrupted).
           train_src = with_epoch_order(train_src, int(config.seed), step // steps_per_epoch, mesh)
-        state, out = step_fn(state, problem, train_src, jax.random.fold_in(base_key, step))
+        state, out = step_fn(state, problem, train_src, base_key)
         done = step + 1
         bar.update(1)
         epoch_end = done % steps_per_epoch == 0
@@ -988,20 +1001,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           record = {k: float(v) for k, v in parallel.to_host(out).items()}
           now = time.perf_counter()
           record["samples_per_s"] = (done - n_last) * int(config.batch_size) / max(
-              now - t_last, 1e-9)
-          record["learning_rate"] = float(lr_schedule(done))
+              now - t_last - paused, 1e-9)
           record["skipped_steps"] = skipped = int(parallel.to_host(state.num_skipped))
           if skipped > skipped_before:
             bar.write(f"warning: {skipped} step(s) skipped so far for a non-finite loss or "
                       f"gradients (first: step {int(parallel.to_host(state.bad_step))})",
                       file=sys.stderr)
             skipped_before = skipped
-          t_last, n_last = now, done
+          t_last, n_last, paused = now, done, 0.0
           bar.set_postfix(loss=f"{record['loss']:.4f}",
                           samples_s=f"{record['samples_per_s']:.0f}")
           if epoch_end:
+            t_pause = time.perf_counter()  # the step is done: its metrics were read
             val = parallel.to_host(validate(learner, state, problem, val_batches,
                                             int(config.num_steps)))
+            paused += time.perf_counter() - t_pause
             record.update({k: float(v) for k, v in val.items()}, epoch=done // steps_per_epoch)
             bar.write(f"epoch {done // steps_per_epoch}/{config.num_epochs}: validation "
                       f"PA-MPJPE {record['val_pa_mpjpe_mm']:.1f} mm (start "
@@ -1012,7 +1026,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             record["train_step_compilations"] = train_step._cache_size() - compiled_before
           writer.write(done, record)
         if save_now or stop.signum:
+          state = jax.block_until_ready(state)  # the training's time ends here
+          t_pause = time.perf_counter()
           checkpoints.save(mngr, done, state, config)
+          paused += time.perf_counter() - t_pause
           last_saved = str(mngr.directory / str(done))
         if stop.signum:
           name = signal.Signals(stop.signum).name
