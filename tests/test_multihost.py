@@ -5,12 +5,14 @@ stop together on a signal sent to one of them, and resume."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,3 +123,89 @@ def test_processes_meet_share_text_and_build_global_arrays(tmp_path):
                         "2 s") and "\n" not in msg
   assert BARRIER_TIMEOUT_S <= waited < BARRIER_TIMEOUT_S + 20
   assert "timeout" not in r1
+
+
+# ----------------------------------------------------------------------------------------------
+# Host work done once, by process 0, while the others wait: this process plays process 1 of 2
+# and the stand-ins of parallel's meeting points play process 0 when it gets there.
+
+
+class Process1Of2:
+  """Patches lgd_jax.parallel so that this process is process 1 of 2: ``announce`` waits for
+  process 0, played by ``play_process_0`` (run as process 0), and records every meeting."""
+
+  def __init__(self, monkeypatch, play_process_0=lambda: None):
+    from lgd_jax import parallel
+    self.primary = False
+    self.meetings = []
+    self.announced = []
+    self._play = play_process_0
+    monkeypatch.setattr(parallel, "multi_process", lambda: True)
+    monkeypatch.setattr(parallel, "is_primary", lambda: self.primary)
+    monkeypatch.setattr(parallel, "announce", self.announce)
+    monkeypatch.setattr(parallel, "barrier", self.barrier)
+    monkeypatch.setattr(parallel, "gather_text", self.gather_text)
+    self.at_barrier = lambda name: None
+
+  def as_process_0(self, fn):
+    self.primary = True
+    try:
+      return fn()
+    finally:
+      self.primary = False
+
+  def announce(self, name, text="", timeout_s=None):
+    self.meetings.append(("announce", name, self.primary))
+    if self.primary:
+      self.announced.append(text)
+      return text
+    self.as_process_0(self._play)  # process 1 waits until process 0 announces
+    return self.announced.pop(0)
+
+  def barrier(self, name, timeout_s=None):
+    self.meetings.append(("barrier", name, self.primary))
+    self.at_barrier(name)  # what process 0 did before it reached the barrier
+
+  def gather_text(self, name, text, timeout_s=None):
+    self.meetings.append(("gather", name, self.primary))
+    return [text, text]  # process 0 read the same files
+
+
+def test_corrupt_checkpoint_is_moved_by_process_0_before_the_others_look_again(tmp_path,
+                                                                             monkeypatch):
+  from lgd_jax import checkpoints
+  from lgd_jax.config import base_config
+  config = base_config()
+  mngr = checkpoints.manager(tmp_path / "run")
+  for step in (1, 2):
+    checkpoints.save(mngr, step, {"w": np.full(64, step, np.float32)}, config)
+  state_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "run" / "checkpoints" / "2"
+                                                            / "state") for f in fs]
+  target = max(state_files, key=os.path.getsize)
+  data = bytearray(open(target, "rb").read())
+  data[len(data) // 2:len(data) // 2 + 16] = bytes(b ^ 0x5A for b in data[len(data) // 2:][:16])
+  open(target, "wb").write(data)
+
+  world = Process1Of2(monkeypatch, lambda: checkpoints.parallel.announce(
+      "destination", str(tmp_path / "run" / checkpoints.CORRUPT_SUBDIR / "2-from-process-0")))
+  src = tmp_path / "run" / "checkpoints" / "2"
+  seen = {}
+
+  def process_0_moves(name):
+    seen["in place at the barrier"] = src.is_dir()  # process 1 moved nothing itself
+    dst = tmp_path / "run" / checkpoints.CORRUPT_SUBDIR
+    dst.mkdir()
+    shutil.move(str(src), str(dst / "2-from-process-0"))
+  world.at_barrier = process_0_moves
+  logs = []
+  step, state = checkpoints.restore_latest_good(mngr, {"w": np.zeros(64, np.float32)}, config,
+                                                log=logs.append)
+  assert step == 1 and np.all(np.asarray(state["w"]) == 1)
+  # Both processes judged each checkpoint (2: bad, so set aside; 1: good); process 0 named the
+  # destination and moved it before process 1 looked at the checkpoints again.
+  kinds = [m[0] for m in world.meetings if not m[2]]
+  assert kinds == ["gather", "gather", "announce", "barrier", "gather", "gather"]
+  assert seen == {"in place at the barrier": True}
+  assert len(logs) == 1 and "2-from-process-0" in logs[0] and "/2" in logs[0]
+  assert mngr.all_steps() == [1]
+  mngr.close()
