@@ -768,13 +768,41 @@ def synthetic_source(config, split: str = "train") -> PoseSource:
   return PoseSource(kind=kind)
 
 
+# How long the other processes wait for process 0 to preprocess AMASS (seconds): all of AMASS
+# takes a while.
+AMASS_PREPROCESS_TIMEOUT_S = 12 * 3600
+
+
 def load_amass(config) -> dict:
   """The config's preprocessed AMASS arrays on the host (numpy; see
-  :func:`lgd_jax.data.amass.load_preprocessed`), built and cached on first use."""
+  :func:`lgd_jax.data.amass.load_preprocessed`), built and cached on first use.
+
+  Several processes: process 0 builds the cache if needed while the others wait for it, then
+  they read it (one writer; a failure on process 0 is reported on every process).
+  """
   from lgd_jax.data import amass
   fps = float(config.amass_fps) if config.amass_fps and config.amass_fps > 0 else None
-  return amass.load_or_preprocess(config.amass_dir, cache_path=config.amass_cache or None,
-                                  fps=fps, val_fraction=config.val_fraction)
+
+  def load():
+    return amass.load_or_preprocess(config.amass_dir, cache_path=config.amass_cache or None,
+                                    fps=fps, val_fraction=config.val_fraction,
+                                    show_progress=parallel.is_primary())
+  if not parallel.multi_process():
+    return load()
+  what = "the AMASS cache"
+  if parallel.is_primary():
+    try:
+      data = load()
+    except Exception as e:
+      parallel.announce(what, "failed: " + " ".join(str(e).split()))
+      raise
+    parallel.announce(what, "ready")
+    return data
+  status = parallel.announce(what, timeout_s=AMASS_PREPROCESS_TIMEOUT_S)
+  if status != "ready":
+    raise amass.AmassError(f"process 0 could not prepare the AMASS data: "
+                           f"{status.removeprefix('failed: ')}")
+  return load()
 
 
 def amass_sampling(config) -> str:

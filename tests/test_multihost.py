@@ -171,6 +171,62 @@ class Process1Of2:
     return [text, text]  # process 0 read the same files
 
 
+def _write_amass(root, num_sequences=4, frames=12):
+  rng = np.random.default_rng(0)
+  for i in range(num_sequences):
+    poses = rng.normal(0.0, 0.2, (frames, 156))
+    os.makedirs(root / f"s{i}", exist_ok=True)
+    np.savez(root / f"s{i}" / "walk_poses.npz", poses=poses, betas=rng.normal(size=16),
+             trans=np.zeros((frames, 3)), gender=np.array("male"),
+             mocap_framerate=np.array(60.0), dmpls=np.zeros((frames, 8)))
+  return root
+
+
+def _amass_config(tmp_path, amass_dir):
+  from conftest import tiny_train_config
+  return tiny_train_config(amass_dir=str(amass_dir), amass_cache=str(tmp_path / "cache.npz"),
+                           val_fraction=0.25)
+
+
+def test_amass_is_preprocessed_by_process_0_while_the_others_wait(tmp_path, monkeypatch):
+  from lgd_jax import training
+  from lgd_jax.data import amass
+  config = _amass_config(tmp_path, _write_amass(tmp_path / "amass"))
+  built = []
+  preprocess = amass.preprocess
+
+  def recording_preprocess(*args, **kwargs):
+    built.append("process 0" if world.primary else "process 1")
+    return preprocess(*args, **kwargs)
+  monkeypatch.setattr(amass, "preprocess", recording_preprocess)
+  world = Process1Of2(monkeypatch, lambda: training.load_amass(config))
+  data = training.load_amass(config)
+  # Process 1 waited for process 0's word, process 0 built the cache once, process 1 read it.
+  assert world.meetings == [("announce", "the AMASS cache", False),
+                            ("announce", "the AMASS cache", True)]
+  assert built == ["process 0"]
+  assert data["train_poses"].shape[0] + data["val_poses"].shape[0] == 4 * 6  # 60 -> 30 fps
+
+
+def test_amass_failure_on_process_0_is_one_line_on_the_others(tmp_path, monkeypatch):
+  from lgd_jax import training
+  from lgd_jax.data import amass
+  (tmp_path / "empty").mkdir()
+  config = _amass_config(tmp_path, tmp_path / "empty")
+  failures = []
+
+  def process_0():
+    with pytest.raises(amass.AmassError) as e:
+      training.load_amass(config)
+    failures.append(str(e.value))
+  Process1Of2(monkeypatch, process_0)
+  with pytest.raises(amass.AmassError) as e:
+    training.load_amass(config)
+  msg = str(e.value)
+  assert msg.startswith("process 0 could not prepare the AMASS data: ") and "\n" not in msg
+  assert msg.endswith(" ".join(failures[0].split()))
+
+
 def test_corrupt_checkpoint_is_moved_by_process_0_before_the_others_look_again(tmp_path,
                                                                              monkeypatch):
   from lgd_jax import checkpoints
