@@ -943,6 +943,32 @@ class _StopSignals:
     return False
 
 
+class _AgreedStop:
+  """The step after which every process stops for a signal, and which signal.
+
+  One process stops after the step in which it got the signal. Several processes each get their
+  own signals, so after each step every process sends its signal number (0: none) to all the
+  others (:class:`parallel.ProcessFlags`) and reads the exchange sent after the previous step,
+  which is done by then: the host never waits for the step in flight, and every process reads
+  the same values after the same step, so they all stop there and save the same checkpoint.
+  """
+
+  def __init__(self, mesh: Mesh):
+    self._flags = parallel.ProcessFlags(mesh) if parallel.multi_process() else None
+    self._sent = None
+
+  def after_step(self, signum: int | None) -> tuple[int, int | None] | None:
+    """(signal number, process that got it or None in a single process) to stop for now, or
+    None to go on."""
+    if self._flags is None:
+      return (signum, None) if signum else None
+    sent, self._sent = self._sent, self._flags.send(signum or 0)
+    if sent is None:
+      return None
+    got = [(v, p) for p, v in sorted(self._flags.receive(sent).items()) if v]
+    return got[0] if got else None
+
+
 def _check_faults(state: TrainState, config, done: int, last_saved: str | None) -> None:
   """Stops training (``on_nonfinite`` = "stop") once a step had a non-finite loss or gradient."""
   bad = int(parallel.to_host(state.bad_step))
@@ -963,7 +989,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   continues from the newest good checkpoint — a corrupt one is moved aside and reported — with
   the same data order and random streams as an uninterrupted run. SIGINT/SIGTERM save a
   checkpoint and raise :class:`TrainingStopped`; so does a non-finite loss with
-  ``on_nonfinite`` = "stop" (without saving the bad state).
+  ``on_nonfinite`` = "stop" (without saving the bad state). In a run of several processes a
+  signal to any of them stops all of them after the same step (the one after the step it arrived
+  in), with one checkpoint, and each raises :class:`TrainingStopped` with that signal's exit code.
   """
   from tqdm import tqdm
 
@@ -982,7 +1010,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoints.manager(workdir, int(config.keep_checkpoints))
-  problem, train_src = parallel.replicate((problem, train_src), mesh)
+  problem, train_src, val_src = parallel.replicate((problem, train_src, val_src), mesh)
   state = parallel.replicate(new_state(config, learner, problem, tx), mesh)
   found = checkpoints.restore_latest_good(mngr, state, config, log=_log)
   last_saved = None
@@ -1010,20 +1038,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # left out of its time.
   t_last, n_last, paused = time.perf_counter(), start, 0.0
   skipped_before = int(parallel.to_host(state.num_skipped))
+  # The epoch's order (at a resume: the same as uninterrupted), then once per epoch.
+  if start < total_steps:
+    train_src = with_epoch_order(train_src, int(config.seed), start // steps_per_epoch, mesh)
+  agreed = _AgreedStop(mesh)
+  if parallel.multi_process() and start < total_steps:
+    # Every process compiles the step before any of them runs it: the first collective over a
+    # set of devices waits only 30 s for all processes (Gloo's rendezvous on the CPU), and
+    # compile times differ (JAX's persistent cache serves only process 0's programs).
+    step_fn.func.lower(state, problem, train_src, base_key, **step_fn.keywords).compile()
+    parallel.barrier("compiled the train step")
   try:
     with _StopSignals() as stop:
       for step in range(start, total_steps):
-        if step % steps_per_epoch == 0 or step == start:
-          # The epoch's order, once per epoch (and at a resume: the same as uninterrupted).
+        if step % steps_per_epoch == 0 and step != start:
           train_src = with_epoch_order(train_src, int(config.seed), step // steps_per_epoch, mesh)
         state, out = step_fn(state, problem, train_src, base_key)
+        stopping = agreed.after_step(stop.signum)
         done = step + 1
         bar.update(1)
         epoch_end = done % steps_per_epoch == 0
         last = done == total_steps
         log_now = epoch_end or last or done % int(config.log_every) == 0
         save_now = epoch_end or last or done % int(config.checkpoint_every) == 0
-        if log_now or save_now or stop.signum:
+        if log_now or save_now or stopping:
           _check_faults(state, config, done, last_saved)
         if log_now:
           record = {k: float(v) for k, v in parallel.to_host(out).items()}
@@ -1053,17 +1091,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             # 1 in a fresh process: the step never retraces (0 if this process compiled it).
             record["train_step_compilations"] = train_step._cache_size() - compiled_before
           writer.write(done, record)
-        if save_now or stop.signum:
+        if save_now or stopping:
           state = jax.block_until_ready(state)  # the training's time ends here
           t_pause = time.perf_counter()
           checkpoints.save(mngr, done, state, config)
           paused += time.perf_counter() - t_pause
           last_saved = str(mngr.directory / str(done))
-        if stop.signum:
-          name = signal.Signals(stop.signum).name
+        if stopping:
+          signum, process = stopping
+          name = signal.Signals(signum).name
+          if process is not None:
+            name += f" (sent to process {process}; every process stopped here)"
           raise TrainingStopped(f"{name}: stopped at step {done} of {total_steps}; saved "
                                 f"{last_saved}; rerun the same command to resume",
-                                exit_code=128 + stop.signum)
+                                exit_code=128 + signum)
   finally:
     bar.close()
     writer.close()

@@ -265,3 +265,144 @@ def test_corrupt_checkpoint_is_moved_by_process_0_before_the_others_look_again(t
   assert len(logs) == 1 and "2-from-process-0" in logs[0] and "/2" in logs[0]
   assert mngr.all_steps() == [1]
   mngr.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# train.py in two processes against one process with all 4 devices (slow: three compiled runs).
+
+# train.py under two checks: no host array reaches the devices of several processes through
+# jax.device_put (which compares every array across the processes: an all-gather of each), and
+# the validation source is on every device, like the training one.
+TRAIN_CHILD = textwrap.dedent("""
+    import json, sys
+    from jax.experimental import multihost_utils
+    compare = multihost_utils.assert_equal
+
+    def no_host_puts(x, fail_message=""):
+      if "passed to device_put" in fail_message:
+        raise AssertionError("host data put on the devices of several processes by "
+                             f"jax.device_put: {type(x).__name__} {getattr(x, 'shape', '')}")
+      return compare(x, fail_message)
+    multihost_utils.assert_equal = no_host_puts
+    from lgd_jax import training
+    batches = training.validation_batches
+
+    def checked(config, problem, source, *args, **kwargs):
+      s = source.poses.sharding
+      print("VALIDATION SOURCE " + json.dumps([len(s.device_set), s.is_fully_replicated]),
+            file=sys.stderr, flush=True)
+      return batches(config, problem, source, *args, **kwargs)
+    training.validation_batches = checked
+    from lgd_jax.commands.train import main
+    sys.exit(main(["train.py"] + sys.argv[1:]))
+""")
+STOP_AFTER = 12  # SIGTERM to process 1 once process 0 has logged this step (checkpoint at 10)
+TRAIN_ARGS = ["--config", "configs/tiny.py", "--noprogress", "--config.batch_size=16",
+              "--config.model.hidden=32", "--config.num_epochs=2", "--config.amass_fps=0",
+              "--config.val_fraction=0.25", "--config.checkpoint_every=10",
+              "--config.val_samples=16"]
+# Two processes reduce over the devices through Gloo, one process within XLA: the same sums in
+# another order, so the losses agree to float32 rounding ...
+LOSS_RTOL = 8e-6
+# ... and Adam's normalised steps turn that into parameter differences of a few learning rates
+# on the rare weights whose gradient is near zero (as tests/test_parallel.py measures).
+PARAM_MEDIAN_ATOL = 1e-6
+PARAM_MAX_ATOL = 0.02
+
+
+def _train_args(workdir, amass_dir, cache):
+  return ["--workdir", str(workdir), *TRAIN_ARGS, f"--config.amass_dir={amass_dir}",
+          f"--config.amass_cache={cache}"]
+
+
+def _two_processes(workdir, amass_dir, cache, compile_cache):
+  port = free_port()
+  return [subprocess.Popen([sys.executable, "-c", TRAIN_CHILD,
+                            *_train_args(workdir, amass_dir, cache),
+                            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                            f"--process_id={pid}"], cwd=REPO,
+                           env=env(DEVICES_PER_PROCESS, compile_cache), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+
+
+def _metrics(workdir):
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return [json.loads(ln) for ln in f.read().splitlines() if ln.endswith("}")]
+  except FileNotFoundError:
+    return []
+
+
+def _stopped_step(stderr):
+  lines = [ln for ln in stderr.splitlines() if ln.startswith("stopped:")]
+  assert len(lines) == 1, stderr[-3000:]
+  return lines[0], int(lines[0].split("stopped at step ")[1].split()[0])
+
+
+def _params(workdir):
+  import jax
+  from lgd_jax import evaluation
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(evaluation.restore(workdir)
+                                                                .variables))]
+
+
+@pytest.mark.slow
+def test_two_processes_train_stop_together_and_resume_like_one(tmp_path):
+  import signal
+  from lgd_jax import checkpoints
+  amass_dir = _write_amass(tmp_path / "amass", num_sequences=12, frames=30)
+  compile_cache, ref, work = tmp_path / "compile_cache", tmp_path / "one", tmp_path / "two"
+  # The reference (one process, 4 devices) runs beside the interrupted pair.
+  reference = subprocess.Popen([sys.executable, "train.py",
+                                *_train_args(ref, amass_dir, tmp_path / "ref.npz")], cwd=REPO,
+                               env=env(2 * DEVICES_PER_PROCESS, compile_cache),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  procs = _two_processes(work, amass_dir, tmp_path / "two.npz", compile_cache)
+  deadline = time.monotonic() + WAIT_S
+  while not (lines := _metrics(work)) or lines[-1]["step"] < STOP_AFTER:
+    assert all(p.poll() is None for p in procs), [p.stderr.read()[-3000:] for p in procs]
+    assert time.monotonic() < deadline, "run too slow"
+    time.sleep(0.005)
+  procs[1].send_signal(signal.SIGTERM)
+  (rc0, _, err0), (rc1, _, err1) = communicate(procs)
+  (rc_ref, _, err_ref), = communicate([reference])
+  assert rc_ref == 0, err_ref[-3000:]
+  total = _metrics(ref)[-1]["step"]
+  assert total >= 2 * STOP_AFTER
+
+  # Both processes stopped after the same step with SIGTERM's exit code, one clean line each;
+  # that step's checkpoint is the latest, complete, and matches its digest.
+  assert (rc0, rc1) == (128 + signal.SIGTERM,) * 2, (err0[-3000:], err1[-3000:])
+  (line0, step0), (line1, step1) = _stopped_step(err0), _stopped_step(err1)
+  assert step0 == step1 and STOP_AFTER < step0 < total
+  assert "SIGTERM (sent to process 1" in line0 and "SIGTERM (sent to process 1" in line1
+  assert "Traceback" not in err0 + err1
+  directory, latest = checkpoints.locate(work)
+  assert latest == step0 and sorted(checkpoints.manager_at(directory).all_steps()) == [10, step0]
+  _params(work)  # restores it and checks its digest (raises on a mismatch)
+  for err in (err0, err1):  # the validation source is replicated over all 4 devices
+    assert "VALIDATION SOURCE [4, true]" in err, err[-3000:]
+
+  # Damage the stopped step's checkpoint: the rerun sets it aside on every process (the same
+  # destination), falls back to step 10 and reaches the reference's parameters.
+  files = [os.path.join(d, f) for d, _, fs in os.walk(directory / str(step0) / "state")
+           for f in fs]
+  with open(max(files, key=os.path.getsize), "r+b") as f:
+    f.truncate(os.path.getsize(f.name) // 2)
+  (rc0, _, err0), (rc1, _, err1) = communicate(_two_processes(work, amass_dir,
+                                                              tmp_path / "two.npz",
+                                                              compile_cache))
+  assert (rc0, rc1) == (0, 0), (err0[-3000:], err1[-3000:])
+  for err in (err0, err1):
+    assert f"resumed from {directory / '10'} " in err
+  moved = [[ln.split("moved it to ")[1].split()[0] for ln in err.splitlines()
+            if ln.startswith("warning:")] for err in (err0, err1)]
+  assert len(moved[0]) == 1 and moved[0] == moved[1] and os.path.isdir(moved[0][0])
+  assert checkpoints.locate(work)[1] == total
+
+  two, one = _metrics(work), _metrics(ref)
+  assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, total + 1))
+  np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one],
+                             rtol=LOSS_RTOL)
+  diff = np.concatenate([np.abs(a - b).ravel() for a, b in zip(_params(work), _params(ref))])
+  assert np.median(diff) <= PARAM_MEDIAN_ATOL and diff.max() <= PARAM_MAX_ATOL
