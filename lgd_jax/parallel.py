@@ -61,9 +61,16 @@ def initialize_distributed(coordinator_address: str | None = None,
   if address and nproc and nproc > 1 and pid is None:
     raise ShardingError("--process_id (or JAX_PROCESS_ID): expected this process's index in "
                         f"0..{nproc - 1} for a run of {nproc} processes")
+  if nproc and pid is not None and not 0 <= pid < nproc:
+    raise ShardingError(f"--process_id (or JAX_PROCESS_ID): expected 0..{nproc - 1} for a run "
+                        f"of {nproc} processes, got {pid}")
   kwargs = {}
   if address:
     kwargs.update(coordinator_address=address, num_processes=nproc, process_id=pid)
+  # Training stops every process at one step on SIGINT/SIGTERM itself; JAX's preemption service
+  # would catch SIGTERM and do nothing with it (a process that ignores SIGTERM until training
+  # starts, and for good once it is done).
+  jax.config.update("jax_enable_preemption_service", False)
   jax.distributed.initialize(**kwargs)
   return True
 

@@ -6,6 +6,7 @@ stop together on a signal sent to one of them, and resume."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def result(stdout: str) -> dict:
 # The coordination pieces of lgd_jax.parallel (cheap: no training program).
 
 COORDINATION = textwrap.dedent("""
-    import json, sys, time
+    import json, os, signal, sys, time
     import numpy as np
     from lgd_jax import parallel
     pid = int(sys.argv[2])
@@ -83,13 +84,23 @@ COORDINATION = textwrap.dedent("""
     out["rows"] = [np.asarray(s.data)[:, 0].tolist() for s in batch.addressable_shards]
     flags = parallel.ProcessFlags(mesh)
     out["flags"] = flags.receive(flags.send(7 * pid + 1))
+    client = parallel._client()
     if pid == 0:  # process 1 never comes: a clear error after the timeout, no hang
       t = time.monotonic()
       try:
         parallel.barrier("a barrier process 1 skips", timeout_s={timeout})
       except parallel.ProcessesError as e:
         out["timeout"] = [str(e), time.monotonic() - t]
+      client.key_value_set("test/done", "1")
+    else:
+      client.blocking_key_value_get("test/done", 60_000)
     print("RESULT " + json.dumps(out), flush=True)
+    # SIGTERM ends a process outside training, as it does a single one (JAX's preemption
+    # service would catch it and go on). Process 0, which hosts the coordination service, last.
+    time.sleep(pid == 0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    print("SURVIVED SIGTERM", flush=True)
 """)
 BARRIER_TIMEOUT_S = 2.0
 
@@ -101,8 +112,8 @@ def test_processes_meet_share_text_and_build_global_arrays(tmp_path):
                             env=env(DEVICES_PER_PROCESS), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
   runs = communicate(procs)
-  for rc, _, stderr in runs:
-    assert rc == 0, stderr[-3000:]
+  for rc, stdout, stderr in runs:
+    assert rc == -signal.SIGTERM and "SURVIVED" not in stdout, stderr[-3000:]
   r0, r1 = (result(stdout) for _, stdout, _ in runs)
   for pid, r in enumerate((r0, r1)):
     assert r["spans"] and r["devices"] == 2 * DEVICES_PER_PROCESS
@@ -123,6 +134,13 @@ def test_processes_meet_share_text_and_build_global_arrays(tmp_path):
                         "2 s") and "\n" not in msg
   assert BARRIER_TIMEOUT_S <= waited < BARRIER_TIMEOUT_S + 20
   assert "timeout" not in r1
+
+
+def test_a_process_index_out_of_range_is_one_line():
+  from lgd_jax import parallel
+  with pytest.raises(parallel.ShardingError, match=r"^--process_id .*expected 0\.\.1 for a run "
+                                                   r"of 2 processes, got 2$"):
+    parallel.initialize_distributed("127.0.0.1:1", 2, 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,7 +366,6 @@ def _params(workdir):
 
 @pytest.mark.slow
 def test_two_processes_train_stop_together_and_resume_like_one(tmp_path):
-  import signal
   from lgd_jax import checkpoints
   amass_dir = _write_amass(tmp_path / "amass", num_sequences=12, frames=30)
   compile_cache, ref, work = tmp_path / "compile_cache", tmp_path / "one", tmp_path / "two"
