@@ -207,8 +207,8 @@ class JaxSide:
 
   def train(self):
     self.calls += 1
-    self.state, out = self._compiled(self.state, self.problem, self.source,
-                                     jax.random.fold_in(self.key, self.calls))
+    # The step folds its own step count into the key, as in train_and_evaluate.
+    self.state, out = self._compiled(self.state, self.problem, self.source, self.key)
     return jax.block_until_ready(out["loss"])
 
   def infer_batch(self, batch_size: int):

@@ -131,29 +131,50 @@ def restore_latest_good(mngr: ocp.CheckpointManager, target, config, log=print):
   Unreadable checkpoints are moved to ``CORRUPT_SUBDIR`` beside the checkpoints (not deleted) and
   reported through ``log``. A readable checkpoint of another config raises
   :class:`CheckpointError` (see :func:`check_compatible`).
+
+  Several processes agree on each checkpoint (one that fails on any of them is set aside by all),
+  process 0 moves it while the others wait, and all then see the same checkpoints.
   """
   directory = Path(mngr.directory)
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      saved = read_config(directory, step)
+      saved, problem = read_config(directory, step), ""
     except CheckpointError as e:
-      _set_aside(mngr, step, str(e), log)
+      saved, problem = None, str(e)
+    problem = _agreed_problem(f"config of checkpoint {step}", problem)
+    if problem:
+      _set_aside(mngr, step, problem, log)
       continue
     check_compatible(saved, config, directory / str(step))
     try:
-      return step, restore_verified(mngr, step, target)
+      state, problem = restore_verified(mngr, step, target), ""
     except CheckpointError as e:
-      _set_aside(mngr, step, str(e), log)
+      state, problem = None, str(e)
+    problem = _agreed_problem(f"checkpoint {step}", problem)
+    if not problem:
+      return step, state
+    _set_aside(mngr, step, problem, log)
   return None
+
+
+def _agreed_problem(what: str, problem: str) -> str:
+  """The first process's problem with ``what`` ("" when every process read it well)."""
+  if not parallel.multi_process():
+    return problem
+  return next((p for p in parallel.gather_text(f"verdict on the {what}", problem) if p), "")
 
 
 def _set_aside(mngr, step: int, reason: str, log) -> None:
   src = Path(mngr.directory) / str(step)
   dst_dir = Path(mngr.directory).parent / CORRUPT_SUBDIR
-  dst_dir.mkdir(exist_ok=True)
-  dst = dst_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-  if jax.process_index() == 0:
+  # Process 0 names the destination (its clock) and moves the checkpoint; the others wait for
+  # the move before they look at the checkpoints again.
+  dst = Path(parallel.announce(f"destination of checkpoint {step}",
+                               str(dst_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")))
+  if parallel.is_primary():
+    dst_dir.mkdir(exist_ok=True)
     shutil.move(str(src), str(dst))
+  parallel.barrier(f"moved checkpoint {step} aside")
   mngr.reload()
   log(f"warning: {reason}; moved it to {dst} and falling back to the previous checkpoint")
 

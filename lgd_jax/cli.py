@@ -12,7 +12,7 @@ from lgd_jax.data.amass import AmassError
 from lgd_jax.data.pw3d import Pw3dError
 from lgd_jax.data.spin import SpinDataError
 from lgd_jax.detections import DetectionError
-from lgd_jax.parallel import ShardingError
+from lgd_jax.parallel import ProcessesError, ShardingError
 from lgd_jax.pretrained import PretrainedError
 from lgd_jax.protocols import ProtocolError
 from lgd_jax.training import ConfigError, TrainingStopped
@@ -39,6 +39,11 @@ def run(fn, debug: bool) -> int:
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
+  except ProcessesError as e:  # another process of a multi-process run failed or hangs
+    if debug:
+      traceback.print_exc()
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   except TrainingStopped as e:
     if debug:
       traceback.print_exc()

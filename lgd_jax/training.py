@@ -592,17 +592,26 @@ class StepSettings(NamedTuple):
 TRAIN_STEP_JIT = {"static_argnames": ("learner", "settings"), "donate_argnums": (0,)}
 
 
+def _schedule_count(opt_state) -> jnp.ndarray:
+  """The update count of the learning-rate schedule in Adam's state (the schedule's argument)."""
+  is_count = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+  return next(s.count for s in jax.tree.leaves(opt_state, is_leaf=is_count) if is_count(s))
+
+
 @functools.partial(jax.jit, **TRAIN_STEP_JIT)
-def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
+def train_step(state: TrainState, problem: Problem, source: PoseSource, base_key, *,
                learner: lgd.Learner, settings: StepSettings):
   """One training step: sampling, augmentation, the unrolled fit, the loss, its gradient and the
-  Adam update, all in one compiled program; the state's buffers are donated. An "epoch" source
-  gives the rows of step ``state.step`` of its order (the caller sets the epoch's order).
+  Adam update, all in one compiled program; the state's buffers are donated. The step's random
+  key is ``fold_in(base_key, state.step)``, made here: the caller passes the same base key every
+  step. An "epoch" source gives the rows of step ``state.step`` of its order (the caller sets the
+  epoch's order). The metrics include the learning rate this step's update used.
 
   With ``settings.unroll``: the unroll's length is drawn per batch (the scan runs the longest and
   masks the rest), part of the batch continues stored fits (the state's buffer, updated here) and
   part starts near its ground truth.
   """
+  key = jax.random.fold_in(base_key, state.step)
   k_batch, k_drop = jax.random.split(key)
   batch = parallel.constrain_batch(
       make_batch(problem, source, k_batch, settings.batch_size, settings.augment,
@@ -640,6 +649,7 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
 
   (loss, (stats, parts, traj, plan)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
+  learning_rate = learning_rate_schedule(settings.optimizer)(_schedule_count(state.opt_state))
   updates, opt_state = _adam(settings.optimizer).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   buffer = state.buffer if plan is None else update_buffer(state.buffer, plan, traj.theta[-1],
@@ -660,7 +670,8 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
   out = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
          "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(new_state.params),
          "reproj_first": jnp.mean(traj.loss[0]), "reproj_last": jnp.mean(traj.loss[last]),
-         "unroll_length": length.astype(jnp.float32)}
+         "unroll_length": length.astype(jnp.float32),
+         "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
   if plan is not None and u.late:
     out["buffer_mean_age"] = jnp.mean(jnp.maximum(buffer.age, 0).astype(jnp.float32))
   return new_state, out
@@ -668,8 +679,8 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, key, *,
 
 def make_train_step(learner: lgd.Learner, config, steps_per_epoch: int,
                     mesh: Mesh | None = None) -> Callable:
-  """``(state, problem, source, key) -> (state, metrics)``: :func:`train_step` for a config,
-  with the batch split over ``mesh`` when given."""
+  """``(state, problem, source, base_key) -> (state, metrics)``: :func:`train_step` for a
+  config, with the batch split over ``mesh`` when given."""
   u = unroll_settings(config)
   settings = StepSettings(
       int(config.batch_size), int(config.num_steps),
@@ -757,13 +768,41 @@ def synthetic_source(config, split: str = "train") -> PoseSource:
   return PoseSource(kind=kind)
 
 
+# How long the other processes wait for process 0 to preprocess AMASS (seconds): all of AMASS
+# takes a while.
+AMASS_PREPROCESS_TIMEOUT_S = 12 * 3600
+
+
 def load_amass(config) -> dict:
   """The config's preprocessed AMASS arrays on the host (numpy; see
-  :func:`lgd_jax.data.amass.load_preprocessed`), built and cached on first use."""
+  :func:`lgd_jax.data.amass.load_preprocessed`), built and cached on first use.
+
+  Several processes: process 0 builds the cache if needed while the others wait for it, then
+  they read it (one writer; a failure on process 0 is reported on every process).
+  """
   from lgd_jax.data import amass
   fps = float(config.amass_fps) if config.amass_fps and config.amass_fps > 0 else None
-  return amass.load_or_preprocess(config.amass_dir, cache_path=config.amass_cache or None,
-                                  fps=fps, val_fraction=config.val_fraction)
+
+  def load():
+    return amass.load_or_preprocess(config.amass_dir, cache_path=config.amass_cache or None,
+                                    fps=fps, val_fraction=config.val_fraction,
+                                    show_progress=parallel.is_primary())
+  if not parallel.multi_process():
+    return load()
+  what = "the AMASS cache"
+  if parallel.is_primary():
+    try:
+      data = load()
+    except Exception as e:
+      parallel.announce(what, "failed: " + " ".join(str(e).split()))
+      raise
+    parallel.announce(what, "ready")
+    return data
+  status = parallel.announce(what, timeout_s=AMASS_PREPROCESS_TIMEOUT_S)
+  if status != "ready":
+    raise amass.AmassError(f"process 0 could not prepare the AMASS data: "
+                           f"{status.removeprefix('failed: ')}")
+  return load()
 
 
 def amass_sampling(config) -> str:
@@ -904,6 +943,32 @@ class _StopSignals:
     return False
 
 
+class _AgreedStop:
+  """The step after which every process stops for a signal, and which signal.
+
+  One process stops after the step in which it got the signal. Several processes each get their
+  own signals, so after each step every process sends its signal number (0: none) to all the
+  others (:class:`parallel.ProcessFlags`) and reads the exchange sent after the previous step,
+  which is done by then: the host never waits for the step in flight, and every process reads
+  the same values after the same step, so they all stop there and save the same checkpoint.
+  """
+
+  def __init__(self, mesh: Mesh):
+    self._flags = parallel.ProcessFlags(mesh) if parallel.multi_process() else None
+    self._sent = None
+
+  def after_step(self, signum: int | None) -> tuple[int, int | None] | None:
+    """(signal number, process that got it or None in a single process) to stop for now, or
+    None to go on."""
+    if self._flags is None:
+      return (signum, None) if signum else None
+    sent, self._sent = self._sent, self._flags.send(signum or 0)
+    if sent is None:
+      return None
+    got = [(v, p) for p, v in sorted(self._flags.receive(sent).items()) if v]
+    return got[0] if got else None
+
+
 def _check_faults(state: TrainState, config, done: int, last_saved: str | None) -> None:
   """Stops training (``on_nonfinite`` = "stop") once a step had a non-finite loss or gradient."""
   bad = int(parallel.to_host(state.bad_step))
@@ -924,7 +989,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   continues from the newest good checkpoint — a corrupt one is moved aside and reported — with
   the same data order and random streams as an uninterrupted run. SIGINT/SIGTERM save a
   checkpoint and raise :class:`TrainingStopped`; so does a non-finite loss with
-  ``on_nonfinite`` = "stop" (without saving the bad state).
+  ``on_nonfinite`` = "stop" (without saving the bad state). In a run of several processes a
+  signal to any of them stops all of them after the same step (the one after the step it arrived
+  in), with one checkpoint, and each raises :class:`TrainingStopped` with that signal's exit code.
   """
   from tqdm import tqdm
 
@@ -938,13 +1005,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   learner = make_learner(config, problem)
   train_src, val_src, steps_per_epoch = load_pose_data(config)
   total_steps = steps_per_epoch * int(config.num_epochs)
-  lr_schedule = learning_rate_schedule(optimizer_settings(config, steps_per_epoch))
   tx = make_optimizer(config, steps_per_epoch)
   primary = parallel.is_primary()
 
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoints.manager(workdir, int(config.keep_checkpoints))
-  problem, train_src = parallel.replicate((problem, train_src), mesh)
+  problem, train_src, val_src = parallel.replicate((problem, train_src, val_src), mesh)
   state = parallel.replicate(new_state(config, learner, problem, tx), mesh)
   found = checkpoints.restore_latest_good(mngr, state, config, log=_log)
   last_saved = None
@@ -960,48 +1026,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   val_batches = [parallel.shard_batch(b, mesh) for b in validation_batches(
       config, problem, val_src, int(config.val_samples), int(config.val_seed),
       int(config.batch_size))]
-  base_key = jax.random.PRNGKey(int(config.seed))
+  # Each step folds its step number into this key inside the compiled step (no host work).
+  base_key = parallel.replicate(jax.random.PRNGKey(int(config.seed)), mesh)
   _log(f"training {model.name} ({config.keypoints}, N = {config.num_steps}) on "
        f"{'AMASS ' + config.amass_dir if config.amass_dir else 'synthetic poses'}: "
        f"{total_steps} steps of batch {config.batch_size} on {mesh.devices.size} "
        f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)")
   bar = tqdm(total=total_steps, initial=start, disable=not (show_progress and primary),
              unit="step", dynamic_ncols=True, file=sys.stderr)
-  t_last, n_last = time.perf_counter(), start
+  # Samples/s is the training's: the validations and checkpoint writes of an interval are
+  # left out of its time.
+  t_last, n_last, paused = time.perf_counter(), start, 0.0
   skipped_before = int(parallel.to_host(state.num_skipped))
+  # The epoch's order (at a resume: the same as uninterrupted), then once per epoch.
+  if start < total_steps:
+    train_src = with_epoch_order(train_src, int(config.seed), start // steps_per_epoch, mesh)
+  agreed = _AgreedStop(mesh)
+  if parallel.multi_process() and start < total_steps:
+    # Every process compiles the step before any of them runs it: the first collective over a
+    # set of devices waits only 30 s for all processes (Gloo's rendezvous on the CPU), and
+    # compile times differ (JAX's persistent cache serves only process 0's programs).
+    step_fn.func.lower(state, problem, train_src, base_key, **step_fn.keywords).compile()
+    parallel.barrier("compiled the train step")
   try:
     with _StopSignals() as stop:
       for step in range(start, total_steps):
-        if step % steps_per_epoch == 0 or step == start:
-          # The epoch's order, once per epoch (and at a resume: the same as uninterrupted).
+        if step % steps_per_epoch == 0 and step != start:
           train_src = with_epoch_order(train_src, int(config.seed), step // steps_per_epoch, mesh)
-        state, out = step_fn(state, problem, train_src, jax.random.fold_in(base_key, step))
+        state, out = step_fn(state, problem, train_src, base_key)
+        stopping = agreed.after_step(stop.signum)
         done = step + 1
         bar.update(1)
         epoch_end = done % steps_per_epoch == 0
         last = done == total_steps
         log_now = epoch_end or last or done % int(config.log_every) == 0
         save_now = epoch_end or last or done % int(config.checkpoint_every) == 0
-        if log_now or save_now or stop.signum:
+        if log_now or save_now or stopping:
           _check_faults(state, config, done, last_saved)
         if log_now:
           record = {k: float(v) for k, v in parallel.to_host(out).items()}
           now = time.perf_counter()
           record["samples_per_s"] = (done - n_last) * int(config.batch_size) / max(
-              now - t_last, 1e-9)
-          record["learning_rate"] = float(lr_schedule(done))
+              now - t_last - paused, 1e-9)
           record["skipped_steps"] = skipped = int(parallel.to_host(state.num_skipped))
           if skipped > skipped_before:
             bar.write(f"warning: {skipped} step(s) skipped so far for a non-finite loss or "
                       f"gradients (first: step {int(parallel.to_host(state.bad_step))})",
                       file=sys.stderr)
             skipped_before = skipped
-          t_last, n_last = now, done
+          t_last, n_last, paused = now, done, 0.0
           bar.set_postfix(loss=f"{record['loss']:.4f}",
                           samples_s=f"{record['samples_per_s']:.0f}")
           if epoch_end:
+            t_pause = time.perf_counter()  # the step is done: its metrics were read
             val = parallel.to_host(validate(learner, state, problem, val_batches,
                                             int(config.num_steps)))
+            paused += time.perf_counter() - t_pause
             record.update({k: float(v) for k, v in val.items()}, epoch=done // steps_per_epoch)
             bar.write(f"epoch {done // steps_per_epoch}/{config.num_epochs}: validation "
                       f"PA-MPJPE {record['val_pa_mpjpe_mm']:.1f} mm (start "
@@ -1011,14 +1091,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             # 1 in a fresh process: the step never retraces (0 if this process compiled it).
             record["train_step_compilations"] = train_step._cache_size() - compiled_before
           writer.write(done, record)
-        if save_now or stop.signum:
+        if save_now or stopping:
+          state = jax.block_until_ready(state)  # the training's time ends here
+          t_pause = time.perf_counter()
           checkpoints.save(mngr, done, state, config)
+          paused += time.perf_counter() - t_pause
           last_saved = str(mngr.directory / str(done))
-        if stop.signum:
-          name = signal.Signals(stop.signum).name
+        if stopping:
+          signum, process = stopping
+          name = signal.Signals(signum).name
+          if process is not None:
+            name += f" (sent to process {process}; every process stopped here)"
           raise TrainingStopped(f"{name}: stopped at step {done} of {total_steps}; saved "
                                 f"{last_saved}; rerun the same command to resume",
-                                exit_code=128 + stop.signum)
+                                exit_code=128 + signum)
   finally:
     bar.close()
     writer.close()

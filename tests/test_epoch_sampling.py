@@ -169,8 +169,9 @@ def test_training_resumes_mid_epoch_bit_exactly(amass_dir, tmp_path, monkeypatch
   assert [r["step"] for r in lines] == list(range(1, 2 * per_epoch + 1))
   assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2]
   lr = [r["learning_rate"] for r in lines]
-  np.testing.assert_allclose(lr[:per_epoch - 1], c.learning_rate, rtol=1e-6)
-  np.testing.assert_allclose(lr[per_epoch:2 * per_epoch - 1], 0.5 * c.learning_rate, rtol=1e-6)
+  # Each line's rate is its step's: the whole first epoch at the initial rate, then half.
+  np.testing.assert_allclose(lr[:per_epoch], c.learning_rate, rtol=1e-6)
+  np.testing.assert_allclose(lr[per_epoch:2 * per_epoch], 0.5 * c.learning_rate, rtol=1e-6)
 
   stop_at = per_epoch + 2
   write = training.MetricWriter.write

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -108,6 +109,46 @@ def test_train_step_compiles_once(model_path, trained, counted_train_step, monke
   # (chex.assert_max_traces raises on a second trace of the step).
   assert training.train_step._cache_size() == before == 1
   assert int(state.step) == 3
+
+
+VALIDATION_SLEEP_S = 3.0  # a slow validation, far longer than a tiny train step
+
+
+def test_logs_the_steps_learning_rate_and_training_throughput(tmp_path, monkeypatch):
+  """Each line's learning rate is the one its step's update used (the rate decays after each
+  epoch of 3 steps), samples/s leaves a slow validation out, and the host passes the same key
+  every step (the step folds in its own step number)."""
+  config = tiny_train_config(num_epochs=2, steps_per_epoch=3, lr_decay=0.5)
+  validate = training.validate
+
+  def slow_validate(*args, **kwargs):
+    time.sleep(VALIDATION_SLEEP_S)
+    return validate(*args, **kwargs)
+
+  keys = []
+  make_step = training.make_train_step
+
+  def recording_step(*args, **kwargs):
+    step = make_step(*args, **kwargs)
+
+    def run(state, problem, source, key):
+      keys.append(np.asarray(key))
+      return step(state, problem, source, key)
+    return run
+
+  monkeypatch.setattr(training, "validate", slow_validate)
+  monkeypatch.setattr(training, "make_train_step", recording_step)
+  training.train_and_evaluate(config, str(tmp_path / "run"), show_progress=False)
+  lines = {r["step"]: r for r in _metrics(tmp_path / "run")}
+  assert sorted(lines) == list(range(1, 7)) and "val_pa_mpjpe_mm" in lines[3]
+  # Steps 1-3 (updates 0-2) ran at the initial rate, steps 4-6 at half of it.
+  for s, r in lines.items():
+    np.testing.assert_allclose(r["learning_rate"], config.learning_rate * 0.5 ** ((s - 1) // 3),
+                               rtol=1e-6, err_msg=f"step {s}")
+  # The interval of step 4 began before the validation at step 3: without that validation's
+  # sleep it took far less than half of it.
+  assert lines[4]["samples_per_s"] > config.batch_size / (VALIDATION_SLEEP_S / 2)
+  assert len(keys) == 6 and all(np.array_equal(k, jax.random.PRNGKey(config.seed)) for k in keys)
 
 
 @pytest.mark.slow  # tests/test_faults.py kills and resumes through the command line
