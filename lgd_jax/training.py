@@ -946,11 +946,13 @@ class _StopSignals:
 class _AgreedStop:
   """The step after which every process stops for a signal, and which signal.
 
-  One process stops after the step in which it got the signal. Several processes each get their
-  own signals, so after each step every process sends its signal number (0: none) to all the
-  others (:class:`parallel.ProcessFlags`) and reads the exchange sent after the previous step,
-  which is done by then: the host never waits for the step in flight, and every process reads
-  the same values after the same step, so they all stop there and save the same checkpoint.
+  :meth:`after_step` is asked once per step, after its logging and validation. One process stops
+  after the step in which (or in whose logging) it got the signal. Several processes each get
+  their own signals, so after each step every process sends its signal number (0: none) to all
+  the others (:class:`parallel.ProcessFlags`) and reads the exchange sent after the previous
+  step, which is done by then: the host never waits for the step in flight, and every process
+  reads the same values after the same step, so they all stop there and save the same
+  checkpoint.
   """
 
   def __init__(self, mesh: Mesh):
@@ -1054,14 +1056,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % steps_per_epoch == 0 and step != start:
           train_src = with_epoch_order(train_src, int(config.seed), step // steps_per_epoch, mesh)
         state, out = step_fn(state, problem, train_src, base_key)
-        stopping = agreed.after_step(stop.signum)
         done = step + 1
         bar.update(1)
         epoch_end = done % steps_per_epoch == 0
         last = done == total_steps
         log_now = epoch_end or last or done % int(config.log_every) == 0
         save_now = epoch_end or last or done % int(config.checkpoint_every) == 0
-        if log_now or save_now or stopping:
+        if log_now or save_now:
           _check_faults(state, config, done, last_saved)
         if log_now:
           record = {k: float(v) for k, v in parallel.to_host(out).items()}
@@ -1091,6 +1092,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             # 1 in a fresh process: the step never retraces (0 if this process compiled it).
             record["train_step_compilations"] = train_step._cache_size() - compiled_before
           writer.write(done, record)
+        # After this step's host work: a signal that came during it stops here (one process).
+        stopping = agreed.after_step(stop.signum)
+        if stopping and not (log_now or save_now):
+          _check_faults(state, config, done, last_saved)
         if save_now or stopping:
           state = jax.block_until_ready(state)  # the training's time ends here
           t_pause = time.perf_counter()

@@ -105,10 +105,10 @@ COORDINATION = textwrap.dedent("""
 BARRIER_TIMEOUT_S = 2.0
 
 
-def test_processes_meet_share_text_and_build_global_arrays(tmp_path):
+def test_processes_meet_share_text_and_build_global_arrays():
   port = free_port()
-  procs = [subprocess.Popen([sys.executable, "-c", COORDINATION.replace("{timeout}", str(BARRIER_TIMEOUT_S)),
-                             f"127.0.0.1:{port}", str(pid)], cwd=REPO,
+  child = COORDINATION.replace("{timeout}", str(BARRIER_TIMEOUT_S))
+  procs = [subprocess.Popen([sys.executable, "-c", child, f"127.0.0.1:{port}", str(pid)], cwd=REPO,
                             env=env(DEVICES_PER_PROCESS), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
   runs = communicate(procs)
