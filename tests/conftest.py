@@ -1,5 +1,6 @@
 import contextlib
 import os
+import shutil
 
 # Tests run on the CPU even where a GPU is present, and never grab all its memory.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -74,8 +75,25 @@ def _release_compiled_programs():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-  """A training workdir with a checkpoint of :func:`tiny_train_config` (read-only for tests)."""
+  """A training workdir with a checkpoint of :func:`tiny_train_config` (read-only for tests).
+
+  Trained once per test run: pytest-xdist's workers share one copy (the first to arrive trains
+  it under a file lock in the run's common temporary directory, the others wait and reuse it).
+  """
+  import fcntl
+
   from lgd_jax import training
-  workdir = str(tmp_path_factory.mktemp("tiny_ckpt"))
-  training.train_and_evaluate(tiny_train_config(), workdir, show_progress=False)
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # the directory every worker's basetemp lives in
+  workdir = os.path.join(str(base), "tiny_ckpt_shared")
+  with open(workdir + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if not os.path.exists(workdir + ".done"):
+        shutil.rmtree(workdir, ignore_errors=True)  # a run that died half-way
+        training.train_and_evaluate(tiny_train_config(), workdir, show_progress=False)
+        open(workdir + ".done", "w").close()
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
   return workdir

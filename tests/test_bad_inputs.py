@@ -118,22 +118,43 @@ def _run(cmd, debug=False):
                         env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
-@pytest.fixture(scope="module")
-def outcomes(corpus):
-  """Every case run once (a few at a time), with the earlier outputs snapshotted around them."""
+# The default run checks one case of each kind (config, model file, data, checkpoint, detections);
+# the rest run with the slow tests (each case is a command of its own, several seconds apiece).
+DEFAULT_CASES = ("unknown_config_key", "model_missing_key", "amass_without_poses",
+                 "checkpoint_of_another_config", "keypoints_nan")
+
+
+def _run_cases(corpus, cases):
+  """``cases`` run once (a few at a time), with the earlier outputs snapshotted around them."""
   watched = [corpus["other_run"], corpus["fits"], corpus["ckpt"], CORPUS]
   before = {d: _tree(d) for d in watched}
   with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
-    procs = dict(zip([c[0] for c in CASES],
-                     pool.map(lambda case: _run(case[1](corpus)), CASES)))
+    procs = dict(zip([c[0] for c in cases],
+                     pool.map(lambda case: _run(case[1](corpus)), cases)))
   after = {d: _tree(d) for d in watched}
   return procs, before, after
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gives_one_clear_line(case, outcomes):
+@pytest.fixture(scope="module")
+def outcomes(corpus):
+  return _run_cases(corpus, [c for c in CASES if c[0] in DEFAULT_CASES])
+
+
+@pytest.fixture(scope="module")
+def slow_outcomes(corpus):
+  return _run_cases(corpus, [c for c in CASES if c[0] not in DEFAULT_CASES])
+
+
+def _case_params():
+  return [pytest.param(c, id=c[0], marks=() if c[0] in DEFAULT_CASES else pytest.mark.slow)
+          for c in CASES]
+
+
+@pytest.mark.parametrize("case", _case_params())
+def test_bad_input_gives_one_clear_line(case, request):
   name, _, expected = case
-  proc = outcomes[0][name]
+  runs = request.getfixturevalue("outcomes" if name in DEFAULT_CASES else "slow_outcomes")
+  proc = runs[0][name]
   err = proc.stderr.strip()
   assert proc.returncode != 0, err
   assert "Traceback" not in err, err
@@ -143,8 +164,10 @@ def test_bad_input_gives_one_clear_line(case, outcomes):
     assert s in lines[0], (s, lines[0])
 
 
-def test_nothing_written_is_changed(outcomes):
-  _, before, after = outcomes
+@pytest.mark.parametrize("which", ["outcomes", pytest.param("slow_outcomes",
+                                                            marks=pytest.mark.slow)])
+def test_nothing_written_is_changed(which, request):
+  _, before, after = request.getfixturevalue(which)
   for d in before:
     assert after[d] == before[d], d
 

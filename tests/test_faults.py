@@ -107,6 +107,7 @@ def test_killed_and_signalled_runs_resume_exactly(tmp_path):
   assert checkpoints.locate(work)[1] == TOTAL_STEPS
 
 
+@pytest.mark.slow  # whole training runs of their own (CI runs -m slow)
 def test_sigint_saves_a_checkpoint_and_stops(tmp_path):
   config = tiny_train_config(num_epochs=2)  # the program other tests compiled
   workdir = str(tmp_path / "run")
@@ -147,6 +148,7 @@ def _corrupt(step_dir: str, how: str) -> None:
     f.write(data)
 
 
+@pytest.mark.slow  # whole training runs of their own (CI runs -m slow)
 def test_corrupt_checkpoints_are_detected_and_set_aside(tmp_path, capsys):
   config = tiny_train_config(num_epochs=2)  # checkpoints at 6, 12, 18, 24 (3 kept)
   workdir = str(tmp_path / "run")

@@ -71,28 +71,41 @@ CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  tmp = str(tmp_path_factory.mktemp("parallel"))
+def _children(tmp, device_counts):
+  """Runs the child once per entry of ``device_counts`` (at once: compilation is single-threaded);
+  returns the merged RESULT dictionaries."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}")
-  # The 1-device and the 4-device runs in two children at once (compilation is single-threaded).
   procs = [subprocess.Popen([sys.executable, "-c", CHILD.format(repo=REPO, tmp=tmp, n=NUM_DEVICES,
                                                                 counts=counts)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for counts in ((1,), (NUM_DEVICES,))]
+                            text=True) for counts in device_counts]
   out = {}
   for proc in procs:
     stdout, stderr = proc.communicate(timeout=1200)
     assert proc.returncode == 0, stderr[-3000:]
     line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
     out.update(json.loads(line[len("RESULT "):]))
-  return tmp, out
+  return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The 4-device run (with the refused batch and the sharded evaluation); the 1-device run that
+  the slow comparison needs is trained by :func:`runs_with_one_device` only."""
+  tmp = str(tmp_path_factory.mktemp("parallel"))
+  return tmp, _children(tmp, [(NUM_DEVICES,)])
+
+
+@pytest.fixture(scope="module")
+def runs_with_one_device(runs):
+  tmp, out = runs
+  return tmp, {**out, **_children(tmp, [(1,)])}
 
 
 @pytest.mark.slow
-def test_four_devices_follow_one_device(runs):
-  tmp, out = runs
+def test_four_devices_follow_one_device(runs_with_one_device):
+  tmp, out = runs_with_one_device
   one, four = out["1"], out[str(NUM_DEVICES)]
   assert one["devices"] == 1 and four["devices"] == NUM_DEVICES and four["replicated"]
   assert len(one["losses"]) == len(four["losses"]) >= 10

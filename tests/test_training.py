@@ -114,6 +114,7 @@ def test_train_step_compiles_once(model_path, trained, counted_train_step, monke
 VALIDATION_SLEEP_S = 3.0  # a slow validation, far longer than a tiny train step
 
 
+@pytest.mark.slow  # whole training runs of their own (CI runs -m slow)
 def test_logs_the_steps_learning_rate_and_training_throughput(tmp_path, monkeypatch):
   """Each line's learning rate is the one its step's update used (the rate decays after each
   epoch of 3 steps), samples/s leaves a slow validation out, and the host passes the same key
