@@ -86,6 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_blocks = 4
   c.model.num_residual = 2
   c.model.dropout = 0.2
+  # Where dropout's masks come from: "hash" (a counter-based hash of the element's index and one
+  # 64-bit draw per layer and step, computed inside the fused elementwise pass; see
+  # lgd_jax.networks.hash_keep_mask) or "threefry" (Flax's nn.Dropout, one Threefry word drawn
+  # and stored per element). Same distribution; benchmarks/bench_dropout.py measures the cost.
+  c.model.dropout_impl = "hash"
   c.model.output_scale = 0.1
   c.model.out_init_scale = 1.0
   c.model.init = "zero"

@@ -41,6 +41,7 @@ BN_EPSILON = 1e-5
 NORMS = ("batch", "batch_per_step", "layer", "none")
 STEP_SLOTS = 16  # "batch_per_step": running statistics kept for steps 0..STEP_SLOTS-1
 INIT_STYLES = ("flax", "pytorch")
+DROPOUT_IMPLS = ("hash", "threefry")
 
 
 def torch_linear_init(fan_in: int, scale: float = 1.0):
@@ -131,6 +132,62 @@ def normalisation(kind: str, train: bool, step, dtype):
   raise ValueError(f"norm: expected one of {NORMS}, got {kind!r}")
 
 
+def _fmix32(x):
+  """MurmurHash3's 32-bit finaliser: a bijection of uint32 whose every output bit depends on
+  every input bit."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def hash_keep_mask(key, shape, rate: float):
+  """Dropout's keep mask from a counter-based hash: element i is kept where
+  fmix32(fmix32(i + s0) ^ s1) >= rate · 2^32, with (s0, s1) one 64-bit draw from ``key``.
+
+  The mask is an elementwise function of the element's index and two scalars, so XLA computes it
+  inside the fused pass that applies it (forward and backward alike) instead of drawing and
+  storing one Threefry word per element. The keep probability is 1 - rate to 2^-32.
+  """
+  seeds = jax.random.bits(key, (2,), jnp.uint32)
+  idx = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):  # the row-major flat index, as uint32 (wraps > 2^32)
+    idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+    stride *= shape[axis]
+  h = _fmix32(_fmix32(idx + seeds[0]) ^ seeds[1])
+  threshold = min(int(round(rate * 2.0 ** 32)), 2 ** 32 - 1)
+  return h >= jnp.uint32(threshold)
+
+
+class HashDropout(nn.Module):
+  """Inverted dropout (as ``nn.Dropout``: kept units scaled by 1 / (1 - rate)) whose mask comes
+  from :func:`hash_keep_mask` rather than a Threefry draw per element."""
+
+  rate: float
+  deterministic: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    if self.deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    keep = hash_keep_mask(self.make_rng("dropout"), x.shape, self.rate)
+    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype), jnp.zeros_like(x))
+
+
+def dropout(rate: float, deterministic: bool, impl: str = "hash"):
+  """The dropout layer of ``impl`` (see :data:`DROPOUT_IMPLS`): "hash" (:class:`HashDropout`)
+  or "threefry" (Flax's ``nn.Dropout``, one Threefry draw per element)."""
+  if impl == "hash":
+    return HashDropout(rate, deterministic=deterministic)
+  if impl == "threefry":
+    return nn.Dropout(rate, deterministic=deterministic)
+  raise ValueError(f"dropout_impl: expected one of {DROPOUT_IMPLS}, got {impl!r}")
+
+
 class PReLU(nn.Module):
   """PReLU with one learned slope, initialised at 0.25 as in PyTorch."""
 
@@ -150,13 +207,14 @@ class DenseBlock(nn.Module):
   dtype: jnp.dtype | None = None
   norm: str = "batch"
   init_style: str = "flax"
+  dropout_impl: str = "hash"
 
   @nn.compact
   def __call__(self, x, train: bool, step=0):
     x = dense(self.features, x.shape[-1], self.init_style, self.dtype)(x)
     x = normalisation(self.norm, train, step, self.dtype)(x)
     x = PReLU()(x)
-    return nn.Dropout(self.dropout, deterministic=not train)(x)
+    return dropout(self.dropout, not train, self.dropout_impl)(x)
 
 
 class PaperUpdateNet(nn.Module):
@@ -170,12 +228,13 @@ class PaperUpdateNet(nn.Module):
   dtype: jnp.dtype | None = None
   norm: str = "batch"
   init_style: str = "flax"
+  dropout_impl: str = "hash"
 
   @nn.compact
   def __call__(self, x, train: bool, step=0):
     for _ in range(self.num_blocks):
-      x = DenseBlock(self.hidden, self.dropout, self.dtype, self.norm, self.init_style)(
-          x, train, step)
+      x = DenseBlock(self.hidden, self.dropout, self.dtype, self.norm, self.init_style,
+                     self.dropout_impl)(x, train, step)
     return dense(self.out, x.shape[-1], self.init_style, self.dtype,
                  self.out_init_scale)(x).astype(jnp.float32)
 
@@ -192,11 +251,12 @@ class ResidualMLP(nn.Module):
   dtype: jnp.dtype | None = None
   norm: str = "batch"
   init_style: str = "flax"
+  dropout_impl: str = "hash"
 
   @nn.compact
   def __call__(self, x, train: bool, step=0):
     block = lambda: DenseBlock(self.hidden, self.dropout, self.dtype, self.norm,  # noqa: E731
-                               self.init_style)
+                               self.init_style, self.dropout_impl)
     x = block()(x, train, step)
     for _ in range(self.num_residual):
       y = block()(x, train, step)
@@ -216,11 +276,13 @@ class OfficialUpdateNet(nn.Module):
   dtype: jnp.dtype | None = None
   norm: str = "batch"
   init_style: str = "flax"
+  dropout_impl: str = "hash"
 
   @nn.compact
   def __call__(self, x, train: bool, step=0):
     outs = [ResidualMLP(n, self.hidden, self.num_residual, self.dropout, self.out_init_scale,
-                        self.dtype, self.norm, self.init_style, name=f"head{i}")(x, train, step)
+                        self.dtype, self.norm, self.init_style, self.dropout_impl,
+                        name=f"head{i}")(x, train, step)
             for i, n in enumerate(self.out_sizes)]
     return jnp.concatenate(outs, -1)
 

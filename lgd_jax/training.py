@@ -87,12 +87,16 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
   if init_style not in networks.INIT_STYLES:
     raise ConfigError(f"model.init_style: expected one of {networks.INIT_STYLES}, got "
                       f"{init_style!r}")
+  drop = m.get("dropout_impl", "hash")
+  if drop not in networks.DROPOUT_IMPLS:
+    raise ConfigError(f"model.dropout_impl: expected one of {networks.DROPOUT_IMPLS}, got "
+                      f"{drop!r}")
   if m.variant == "paper":
     net = networks.PaperUpdateNet(problem.num_params, m.hidden, m.num_blocks, m.dropout,
-                                  m.out_init_scale, dtype, norm, init_style)
+                                  m.out_init_scale, dtype, norm, init_style, drop)
   elif m.variant == "official":
     net = networks.OfficialUpdateNet(sizes, m.hidden, m.num_residual, m.dropout,
-                                     m.out_init_scale, dtype, norm, init_style)
+                                     m.out_init_scale, dtype, norm, init_style, drop)
   else:
     raise ConfigError(f"model.variant: expected 'paper' or 'official', got {m.variant!r}")
   for name in ("damping", "gate", "gd_rate"):
@@ -102,7 +106,8 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
     init_net = None
   elif m.init == "learned":
     init_net = networks.OfficialUpdateNet(sizes, m.hidden, m.num_residual, m.dropout,
-                                          m.out_init_scale, dtype, init_style=init_style)
+                                          m.out_init_scale, dtype, init_style=init_style,
+                                          dropout_impl=drop)
   else:
     raise ConfigError(f"model.init: expected 'zero' or 'learned', got {m.init!r}")
   return lgd.Learner(net, init_net, features, m.output_scale, m.stop_gradient, m.grad_scale,

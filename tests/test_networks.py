@@ -102,3 +102,66 @@ def test_pytorch_output_layer_scale():
     assert np.abs(np.asarray(p["bias"])).max() <= bound
     assert (np.abs(np.asarray(p["kernel"])).max() > 0.5 * bound) if scale else \
         np.all(np.asarray(p["kernel"]) == 0)
+
+
+# Hash dropout (model.dropout_impl = "hash"): statistics over one (1024, 1024) mask. A keep
+# fraction of n = 2^20 Bernoulli(0.8) draws has a standard deviation of 4e-4; the tolerances are
+# about 8 of those.
+DROP_RATE = 0.2
+DROP_SHAPE = (1024, 1024)
+FRACTION_TOL = 3e-3
+CORRELATION_TOL = 3e-3
+
+
+def _mask(seed, shape=DROP_SHAPE, rate=DROP_RATE):
+  return np.asarray(networks.hash_keep_mask(jax.random.PRNGKey(seed), shape, rate))
+
+
+def test_hash_dropout_keeps_one_minus_rate_independently():
+  a, b = _mask(0), _mask(1)
+  assert abs(a.mean() - (1 - DROP_RATE)) < FRACTION_TOL
+  for rate in (0.05, 0.5, 0.9):
+    assert abs(_mask(2, rate=rate).mean() - (1 - rate)) < FRACTION_TOL
+  np.testing.assert_array_equal(a, _mask(0))  # a function of the key
+
+  def corr(x, y):
+    x, y = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+    return np.corrcoef(x, y)[0, 1]
+
+  # Independent across keys (steps, layers), across neighbouring elements of a row and of a
+  # column, and between the first and the second half of the flat index.
+  assert abs(corr(a, b)) < CORRELATION_TOL
+  assert abs(corr(a[:, 1:], a[:, :-1])) < CORRELATION_TOL
+  assert abs(corr(a[1:], a[:-1])) < CORRELATION_TOL
+  assert abs(corr(a[:512], a[512:])) < CORRELATION_TOL
+  # Every row and column gets its share (no stripes).
+  assert np.abs(a.mean(0) - (1 - DROP_RATE)).max() < 0.06
+  assert np.abs(a.mean(1) - (1 - DROP_RATE)).max() < 0.06
+
+
+def test_hash_dropout_is_inverted_dropout_like_flax():
+  x = jax.random.normal(jax.random.PRNGKey(3), (512, 256))
+  layer = networks.HashDropout(DROP_RATE)
+  y = np.asarray(layer.apply({}, x, rngs={"dropout": jax.random.PRNGKey(4)}))
+  kept = y != 0
+  np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / (1 - DROP_RATE), rtol=1e-6)
+  assert abs(kept.mean() - (1 - DROP_RATE)) < 0.01
+  np.testing.assert_array_equal(networks.HashDropout(DROP_RATE, deterministic=True).apply({}, x), x)
+  np.testing.assert_array_equal(networks.HashDropout(0.0).apply(
+      {}, x, rngs={"dropout": jax.random.PRNGKey(4)}), x)
+  # The gradient flows through the kept units only, scaled the same way.
+  g = jax.grad(lambda x: layer.apply({}, x, rngs={"dropout": jax.random.PRNGKey(4)}).sum())(x)
+  np.testing.assert_allclose(np.asarray(g), kept / (1 - DROP_RATE), rtol=1e-6)
+
+
+def test_dropout_impl_is_a_config_choice(problem):
+  from lgd_jax.config import base_config
+  c = base_config()
+  assert c.model.dropout_impl == "hash"
+  learner = training.make_learner(c, problem)
+  assert learner.update_net.dropout_impl == "hash"
+  c.model.dropout_impl = "threefry"
+  assert training.make_learner(c, problem).update_net.dropout_impl == "threefry"
+  c.model.dropout_impl = "philox"
+  with pytest.raises(training.ConfigError, match="model.dropout_impl"):
+    training.make_learner(c, problem)
