@@ -403,7 +403,18 @@ class TorchTwin(nn.Module):
 
   def compile_parts(self, **kwargs) -> None:
     """``torch.compile`` the networks and the objective (the Python step loop and the
-    ``autograd.grad`` calls between them stay eager)."""
+    ``autograd.grad`` calls between them stay eager).
+
+    AOTAutograd's donated buffers are switched off: the step differentiates the objective with
+    ``retain_graph=True`` (its gradient feeds the network, then the loss backpropagates through
+    the same graph), which donated buffers refuse ("This backward function was compiled with
+    non-empty donated buffers which requires create_graph=False and retain_graph=False").
+    """
+    try:
+      import torch._functorch.config as functorch_config
+      functorch_config.donated_buffer = False
+    except (ImportError, AttributeError):  # older torch: no donated buffers to switch off
+      pass
     self._objective_fn = torch.compile(self.objective, **kwargs)
     self._update_fn = torch.compile(self.update_net, **kwargs)
     if self.init_net is not None:
