@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import importlib.metadata
+import io
 import json
 import math
 import os

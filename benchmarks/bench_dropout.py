@@ -28,10 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
 from bench_body_model import machine_info, measure  # noqa: E402
 from bench_train import JaxSide, load_config, write_model_file  # noqa: E402
-from lgd_jax import lgd, networks  # noqa: E402
+
+from lgd_jax.fitting import (
+  lgd,  # noqa: E402
+  networks,  # noqa: E402
+)
 
 IMPLS = ("threefry", "hash")
 
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
       c.model.dropout_impl = impl
       sides[impl] = JaxSide(c)
       sides[impl].compile_train()
-    results = {"machine": machine_info(os.cpu_count() or 1), "batch": args.batch, "steps": args.steps}
+    results = {"machine": machine_info(os.cpu_count() or 1), "batch": args.batch,
+               "steps": args.steps}
     for what, make in (("dropout", lambda impl: mask_fn(impl, args.batch)),
                        ("net", lambda impl: net_fn(sides[impl])),
                        ("train", lambda impl: sides[impl].train)):

@@ -13,7 +13,8 @@ Workloads, both on a full-size random SMPL-layout model (6890 vertices, 10 betas
 
 Frameworks:
 
-  jax            ``lgd_jax.training.train_step`` as ``train_and_evaluate`` runs it (batch sampling and
+  jax            ``lgd_jax.train.steps.train_step`` as ``train_and_evaluate`` runs it (batch
+                 sampling and
                  augmentation inside the step), compiled ahead of time; inference is
                  ``lgd.fit(..., train=False)`` jitted, returning Θ_N.
   torch          benchmarks/torch_twin.py eager (same network, keypoint algorithm, objective,
@@ -70,12 +71,15 @@ except ImportError:  # run from a checkout without installing
   sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
+import jax
+import jax.numpy as jnp
+import ml_collections
+from bench_body_model import BackgroundCpu, _version, machine_info, measure, usable_cores
 
-from bench_body_model import BackgroundCpu, _version, machine_info, measure, usable_cores  # noqa: E402
-from lgd_jax import body, lgd, training  # noqa: E402
+from lgd_jax import body, build, train_state
+from lgd_jax.data import batches
+from lgd_jax.fitting import lgd
+from lgd_jax.train import steps
 
 NUM_VERTS = 6890
 NUM_BETAS = 10
@@ -165,25 +169,25 @@ class JaxSide:
 
   def __init__(self, config, infer_batches=()):
     self.config = config
-    model = training.load_body_model(config)
-    self.problem = training.make_problem(config, model)
-    self.learner = training.make_learner(config, self.problem)
+    model = build.load_body_model(config)
+    self.problem = build.make_problem(config, model)
+    self.learner = build.make_learner(config, self.problem)
     steps_per_epoch = int(config.steps_per_epoch)
-    tx = training.make_optimizer(config, steps_per_epoch)
-    self.state = training.init_state(self.learner, self.problem, tx, int(config.seed))
+    tx = build.make_optimizer(config, steps_per_epoch)
+    self.state = train_state.init_state(self.learner, self.problem, tx, int(config.seed))
     self.initial_variables = jax.device_get({"params": self.state.params,
                                              "batch_stats": self.state.batch_stats})
-    step_fn = training.make_train_step(self.learner, config, steps_per_epoch)
-    self.source = training.PoseSource()
+    step_fn = steps.make_train_step(self.learner, config, steps_per_epoch)
+    self.source = batches.PoseSource()
     self.key = jax.random.PRNGKey(0)
     self.calls = 0
     self.num_steps = int(config.num_steps)
     self.batch_size = int(config.batch_size)
     aug = ml_collections.FrozenConfigDict(config.augment)
     self._aug = aug
-    self.batch = jax.block_until_ready(training._make_batch_jit(
+    self.batch = jax.block_until_ready(build._make_batch_jit(
         self.problem, self.source, jax.random.PRNGKey(1), n=self.batch_size, aug=aug))
-    self._make_batch = lambda: jax.block_until_ready(training._make_batch_jit(
+    self._make_batch = lambda: jax.block_until_ready(build._make_batch_jit(
         self.problem, self.source, self.key, n=self.batch_size, aug=aug))
     self._compiled = None
     self._step_fn = step_fn
@@ -194,7 +198,7 @@ class JaxSide:
   def compile_train(self):
     settings = self._step_fn.keywords["settings"]
     t0 = time.perf_counter()
-    lowered = training.train_step.lower(self.state, self.problem, self.source, self.key,
+    lowered = steps.train_step.lower(self.state, self.problem, self.source, self.key,
                                         learner=self.learner, settings=settings)
     self._compiled = lowered.compile()
     self.compile_s = time.perf_counter() - t0
@@ -216,7 +220,7 @@ class JaxSide:
     when it is large enough)."""
     if batch_size <= self.batch_size:
       return jax.tree.map(lambda x: x[:batch_size], self.batch)
-    return jax.block_until_ready(training._make_batch_jit(
+    return jax.block_until_ready(build._make_batch_jit(
         self.problem, self.source, jax.random.PRNGKey(2), n=batch_size, aug=self._aug))
 
   def infer_fn(self, batch_size: int):
@@ -516,7 +520,7 @@ def plot_sweep(entries: list, path: Path, machine: dict) -> None:
 def profile_paper(jside: JaxSide, torch_side, log) -> dict:
   """Where the JAX paper step's time goes: data, the objective with its gradient (N + 1 times),
   the network forward and backward in train mode (N times), against the whole step."""
-  from lgd_jax import objective
+  from lgd_jax.fitting import objective
   problem, b = jside.problem, jside.batch
   n = jside.num_steps
   vg = jax.jit(lambda p, t, x, c: objective.value_and_grad(p, t, x, c))
@@ -628,7 +632,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--json", type=Path, default=None, help="write the results here")
   parser.add_argument("--quick", action="store_true",
-                      help="smoke run: batch 256, 3 short repeats, no torch.compile, no sweep, memory "
+                      help="smoke run: batch 256, 3 short repeats, no torch.compile, no sweep, "
+                      "memory "
                            "of the JAX paper step only, no official-code reference")
   parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None,
                       help="batch/N sweep and its plot (default on, off with --quick)")
@@ -733,7 +738,8 @@ def main(argv=None) -> int:
   print()
   print_table([e for e in entries if not e.get("sweep")])
   print("(median ms per call over repeats after warm-up; IQR: interquartile range; MFU: analytic "
-        "network-matmul FLOP/s over the measured matmul peak; peak MB: child-process peak RSS during "
+        "network-matmul FLOP/s over the measured matmul peak; peak MB: child-process peak RSS "
+        "during "
         "steady train steps; compile: JAX lower+compile, torch.compile first call less a steady "
         "call; bg cores: other processes' CPU use while timing)")
   print()

@@ -1,9 +1,11 @@
 """A PyTorch twin of lgd_jax's training step and inference, for the side-by-side benchmark.
 
-The same computation as ``lgd_jax.training.train_step`` and ``lgd_jax.lgd.fit``, written the way a
+The same computation as ``lgd_jax.train.steps.train_step`` and ``lgd_jax.fitting.lgd.fit``,
+written the way a
 PyTorch user would write it:
 
-* the update networks of :mod:`lgd_jax.networks` (``PaperUpdateNet``: blocks of Linear, BatchNorm
+* the update networks of :mod:`lgd_jax.fitting.networks` (``PaperUpdateNet``: blocks of Linear,
+  BatchNorm
   (momentum 0.1, eps 1e-5), PReLU (one slope, 0.25), Dropout and a linear output;
   ``OfficialUpdateNet``: one residual MLP per parameter group, outputs concatenated), and the
   learned initial guess;
@@ -12,10 +14,11 @@ PyTorch user would write it:
   keypoint vertices (pose blend shapes included); ``body="full"`` instead skins the whole mesh and
   regresses the joints from it, as smplx (and so the official LGD code) does;
 * the official camera, unit-box normalisation and confidence-weighted L1 objective of
-  :mod:`lgd_jax.objective`;
+  :mod:`lgd_jax.fitting.objective`;
 * the per-sample gradient ∂L/∂Θ_n as ``torch.autograd.grad`` of the summed per-sample losses
   (samples are independent), not differentiated further (the stopped gradient);
-* the training loss of ``lgd_jax.training.training_loss`` averaged over the steps 0..N, and Adam.
+* the training loss of ``lgd_jax.train.losses.training_loss`` averaged over the steps 0..N, and
+  Adam.
 
 One known difference: ``nn.BatchNorm1d`` updates its running variance with the unbiased batch
 variance, Flax with the biased one (a factor n / (n - 1), 1.001 at batch 1024). It changes neither
@@ -36,16 +39,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from lgd_jax import camera as jcamera
-from lgd_jax import objective as jobjective
+from lgd_jax import build
 from lgd_jax.body import keypoint_sets
 from lgd_jax.body.model import NUM_POSE
+from lgd_jax.fitting import objective as jobjective
+from lgd_jax.geometry import camera as jcamera
+from lgd_jax.train import losses
 
-BN_MOMENTUM = 0.1  # PyTorch's convention; Flax's 0.9 decay (lgd_jax.networks.BN_MOMENTUM)
+BN_MOMENTUM = 0.1  # PyTorch's convention; Flax's 0.9 decay (lgd_jax.fitting.networks.BN_MOMENTUM)
 BN_EPSILON = 1e-5
 PRELU_INIT = 0.25
 # Below this squared angle Rodrigues' coefficients switch to their Taylor series
-# (lgd_jax.rotations._SMALL_ANGLE_SQ).
+# (lgd_jax.geometry.rotations._SMALL_ANGLE_SQ).
 SMALL_ANGLE_SQ = 1e-2
 
 
@@ -184,7 +189,8 @@ def flax_stats(net: nn.Module) -> dict:
 
 
 def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
-  """Rodrigues' formula, exact (value and gradient) at the zero rotation, as lgd_jax.rotations."""
+  """Rodrigues' formula, exact (value and gradient) at the zero rotation, as
+  lgd_jax.geometry.rotations."""
   x, y, z = aa[..., 0], aa[..., 1], aa[..., 2]
   xx, yy, zz = x * x, y * y, z * z
   theta_sq = xx + yy + zz
@@ -284,7 +290,8 @@ class TorchBody(nn.Module):
 
 
 def normalize_unit_box(points: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
-  """lgd_jax.camera.normalize_unit_box: the visible joints' box centred at 0.5, longer side 1."""
+  """lgd_jax.geometry.camera.normalize_unit_box: the visible joints' box centred at 0.5, longer
+  side 1."""
   vis = (conf >= jcamera.CONFIDENCE_THRESHOLD)[..., None]
   big = torch.finfo(points.dtype).max
   lo = torch.where(vis, points, big).amin(-2, keepdim=True)
@@ -298,7 +305,7 @@ def normalize_unit_box(points: torch.Tensor, conf: torch.Tensor) -> torch.Tensor
 
 
 class Objective(nn.Module):
-  """The re-projection objective of :mod:`lgd_jax.objective` (no translation, unit box)."""
+  """The re-projection objective of :mod:`lgd_jax.fitting.objective` (no translation, unit box)."""
 
   def __init__(self, problem, full_body: bool = False):
     super().__init__()
@@ -342,11 +349,11 @@ class TorchTwin(nn.Module):
   """The learned optimiser of an lgd_jax config: networks, objective, fit and train step.
 
   Args:
-    problem: the lgd_jax :class:`~lgd_jax.objective.Problem` (model, camera, keypoint set).
+    problem: the lgd_jax :class:`~lgd_jax.fitting.objective.Problem` (model, camera, keypoint set).
     variant: "paper" or "official" (the update network).
     hidden, num_blocks, num_residual, dropout: network sizes, as ``config.model``.
-    features: the update network's inputs (names of ``lgd_jax.lgd.FEATURES``), in order.
-    output_scale, grad_scale: as ``lgd_jax.lgd.Learner``.
+    features: the update network's inputs (names of ``lgd_jax.fitting.lgd.FEATURES``), in order.
+    output_scale, grad_scale: as ``lgd_jax.fitting.lgd.Learner``.
     learned_init: predict Θ_0 from the keypoints (official) instead of starting at zero.
     loss_weights: the training loss's weights {"kp2d", "kp3d", "pose", "betas"}.
     full_body: skin the whole mesh for the keypoints (the official code's approach).
@@ -382,17 +389,16 @@ class TorchTwin(nn.Module):
     self._init_fn = self.init_net
 
   @classmethod
-  def from_config(cls, config, problem, full_body: bool = False) -> "TorchTwin":
-    """The twin of ``lgd_jax.training.make_learner(config, problem)`` and its training loss."""
-    from lgd_jax import training
+  def from_config(cls, config, problem, full_body: bool = False) -> TorchTwin:
+    """The twin of ``lgd_jax.build.make_learner(config, problem)`` and its training loss."""
     m = config.model
     if m.dtype != "float32":
       raise NotImplementedError("the twin runs float32 only")
     features = tuple(f for f in m.features.split(",") if f) if m.features else \
-        training._VARIANT_FEATURES[m.variant]
+        build._VARIANT_FEATURES[m.variant]
     return cls(problem, m.variant, int(m.hidden), int(m.num_blocks), int(m.num_residual),
                float(m.dropout), features, float(m.output_scale), float(m.grad_scale),
-               m.init == "learned", training.loss_weights(config), full_body)
+               m.init == "learned", losses.loss_weights(config), full_body)
 
   def load_flax(self, variables: dict) -> None:
     """Copies the JAX learner's variables {"params", "batch_stats"} into the twin."""
@@ -446,7 +452,7 @@ class TorchTwin(nn.Module):
     return Trajectory(*(torch.stack(x) for x in zip(*hist)))
 
   def training_loss(self, traj: Trajectory, theta, kp3d, kp2d):
-    """lgd_jax.training.training_loss: (loss, parts), each averaged over the steps 0..N."""
+    """lgd_jax.train.losses.training_loss: (loss, parts), each averaged over the steps 0..N."""
     jw = self.joint_weights[:, None]
     nb = self.num_params - NUM_POSE
     parts = {
@@ -518,5 +524,5 @@ class TorchBatch(NamedTuple):
 
 
 def batch_from_jax(batch) -> TorchBatch:
-  """An ``lgd_jax.training.Batch`` as float32 torch tensors."""
+  """An ``lgd_jax.data.batches.Batch`` as float32 torch tensors."""
   return TorchBatch(*(_t(x) for x in (batch.theta, batch.kp3d, batch.kp2d, batch.conf)))

@@ -24,13 +24,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lgd_jax import parallel
+from lgd_jax.errors import UserError
 
 CHECKPOINT_SUBDIR = "checkpoints"
 # Unreadable checkpoints are moved here (never deleted), beside CHECKPOINT_SUBDIR.
 CORRUPT_SUBDIR = "checkpoints_corrupt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
   """A checkpoint that cannot be found or read; the message names the directory."""
 
 

@@ -7,11 +7,11 @@ Fields (all overridable on the command line, ``--config.key=value``):
 * ``amass_dir``: a directory of AMASS ``.npz`` sequences; empty = the synthetic pose source
   ``poses`` ("broad", or "keyframes", the first round's sampler); held-out synthetic samples
   come from ``test_poses`` ("test": built differently from the training source).
-  ``amass_fps`` (frame subsampling; 0 = every frame), ``amass_cache`` (preprocessed file; empty = next to the data
-  or in ~/.cache), ``val_fraction`` (sequences held out, by a stable hash of their path),
-  ``amass_sampling``: "epoch" (the official code's: each epoch one shuffle of every training
-  frame, the remainder of a batch skipped; the epoch's learning-rate decay counts these real
-  epochs) or "replacement" (each batch drawn uniformly).
+  ``amass_fps`` (frame subsampling; 0 = every frame), ``amass_cache`` (preprocessed file; empty =
+  next to the data or in ~/.cache), ``val_fraction`` (sequences held out, by a stable hash of
+  their path), ``amass_sampling``: "epoch" (the official code's: each epoch one shuffle of every
+  training frame, the remainder of a batch skipped; the epoch's learning-rate decay counts these
+  real epochs) or "replacement" (each batch drawn uniformly).
 * ``keypoints``: keypoint set of the objective; ``objective_loss``: "l1" (the official code's),
   "l2" or "robust" (pseudo-Huber with ``objective_delta``, whose gradient vanishes at an exact
   fit); ``fit_translation``: add the camera translation (3) to Θ.
@@ -26,11 +26,12 @@ Fields (all overridable on the command line, ``--config.key=value``):
   stays) or "skip" (the batch is skipped and counted in ``skipped_steps``).
 * ``model``: the update network (``variant`` "paper" or "official", widths, dropout, output scale,
   initial guess "zero" or "learned", input features, stopped gradient, scan unroll, dtype,
-  ``init_style`` "flax" / "pytorch" (how the Dense layers start, see :mod:`lgd_jax.networks`),
+  ``init_style`` "flax" / "pytorch" (how the Dense layers start, see
+  :mod:`lgd_jax.fitting.networks`),
   ``norm`` "batch" / "batch_per_step" / "layer" / "none", and the step's form: ``damping`` τ of a
   harmonic step-size schedule, ``gate`` of the update by the gradient norm, ``gd_rate`` of a
-  learned preconditioned gradient term; 0 = off; see :class:`lgd_jax.lgd.Learner`).
-* ``unroll``: how training unrolls are drawn (see :class:`lgd_jax.training.UnrollSettings`):
+  learned preconditioned gradient term; 0 = off; see :class:`lgd_jax.fitting.lgd.Learner`).
+* ``unroll``: how training unrolls are drawn (see :class:`lgd_jax.train_state.UnrollSettings`):
   ``length`` "fixed" (N steps, the paper's) / "uniform" / "log_uniform" in
   [``min_steps``, ``max_steps``]; ``late_fraction`` of each batch continues stored fits
   (``buffer_rounds``, ``max_age``); ``fixed_point_fraction`` starts near the truth
@@ -48,6 +49,21 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  _data_fields(c)
+  _objective_fields(c)
+  _training_fields(c)
+  _run_fields(c)
+  c.model = _model_group()
+  c.unroll = _unroll_group()
+  c.loss = _loss_group()
+  c.augment = _augment_group()
+  # Detector-like 2D input (lgd_jax/data/augment.py); 0 = off.
+  c.detector = _detector_group()
+  return c
+
+
+def _data_fields(c: ml_collections.ConfigDict) -> None:
+  """The body model and the poses: AMASS or the synthetic sources."""
   c.body_model = ""
   c.num_betas = 10
   c.amass_dir = ""
@@ -59,11 +75,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.poses = "broad"  # synthetic training poses: "broad", "keyframes" (see data/pose_sources.py)
   c.test_poses = "test"  # synthetic held-out poses (evaluation, validation): "test", "broad", ...
 
+
+def _objective_fields(c: ml_collections.ConfigDict) -> None:
+  """The fitting objective: keypoint set, loss and whether Θ has the camera translation."""
   c.keypoints = "coco18"
   c.objective_loss = "l1"
   c.objective_delta = 0.01  # δ of the "robust" objective, in unit-box units (~3 px of 300)
   c.fit_translation = False
 
+
+def _training_fields(c: ml_collections.ConfigDict) -> None:
+  """Batches, epochs, the training window N, the seed and the learning rate."""
   c.batch_size = 1024
   c.num_epochs = 20
   c.steps_per_epoch = 1000
@@ -72,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.learning_rate = 1e-3
   c.lr_decay = 1.0
 
+
+def _run_fields(c: ml_collections.ConfigDict) -> None:
+  """Checkpoints, logging, validation, devices and what a non-finite step does."""
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.log_every = 10
@@ -80,72 +105,90 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_devices = 0
   c.on_nonfinite = "stop"
 
-  c.model = ml_collections.ConfigDict()
-  c.model.variant = "paper"
-  c.model.hidden = 1024
-  c.model.num_blocks = 4
-  c.model.num_residual = 2
-  c.model.dropout = 0.2
+
+def _model_group() -> ml_collections.ConfigDict:
+  """``model``: the update network (:class:`lgd_jax.fitting.lgd.Learner`)."""
+  g = ml_collections.ConfigDict()
+  g.variant = "paper"
+  g.hidden = 1024
+  g.num_blocks = 4
+  g.num_residual = 2
+  g.dropout = 0.2
   # Where dropout's masks come from: "hash" (a counter-based hash of the element's index and one
   # 64-bit draw per layer and step, computed inside the fused elementwise pass; see
-  # lgd_jax.networks.hash_keep_mask) or "threefry" (Flax's nn.Dropout, one Threefry word drawn
-  # and stored per element). Same distribution; benchmarks/bench_dropout.py measures the cost.
-  c.model.dropout_impl = "hash"
-  c.model.output_scale = 0.1
-  c.model.out_init_scale = 1.0
-  c.model.init = "zero"
-  c.model.features = ""  # comma-separated; empty = the variant's inputs
-  c.model.stop_gradient = True
-  c.model.grad_scale = 1.0
+  # lgd_jax.fitting.networks.hash_keep_mask) or "threefry" (Flax's nn.Dropout, one Threefry word
+  # drawn and stored per element). Same distribution; benchmarks/bench_dropout.py measures the cost.
+  g.dropout_impl = "hash"
+  g.output_scale = 0.1
+  g.out_init_scale = 1.0
+  g.init = "zero"
+  g.features = ""  # comma-separated; empty = the variant's inputs
+  g.stop_gradient = True
+  g.grad_scale = 1.0
   # lax.scan unroll of the N steps, a measured choice. On the 2-core CPU (XLA CPU, jax 0.10.2),
   # interleaved runs: demo config (batch 256, N = 10) 217-237 ms per train step with unroll 1,
   # 232-307 ms with 5 or 10 (full); paper config (batch 1024) 1.75 s vs 1.86 s. The unrolled
   # program takes twice as long to compile (30 s vs 15 s) and is not faster here.
-  c.model.unroll = 1
-  c.model.dtype = "float32"
-  c.model.norm = "batch"
+  g.unroll = 1
+  g.dtype = "float32"
+  g.norm = "batch"
   # How the Dense layers start: "flax" (LeCun normal, zero biases) or "pytorch" (nn.Linear's
   # U(±1/sqrt(fan_in)) for kernels and biases, the official code's; configs/official.py).
-  c.model.init_style = "flax"
-  c.model.damping = 0.0
-  c.model.gate = 0.0
-  c.model.gd_rate = 0.0
+  g.init_style = "flax"
+  g.damping = 0.0
+  g.gate = 0.0
+  g.gd_rate = 0.0
+  return g
 
-  c.unroll = ml_collections.ConfigDict()
-  c.unroll.length = "fixed"
-  c.unroll.min_steps = 1
-  c.unroll.max_steps = 0  # 0 = num_steps
-  c.unroll.late_fraction = 0.0
-  c.unroll.buffer_rounds = 8
-  c.unroll.max_age = 100
-  c.unroll.fixed_point_fraction = 0.0
-  c.unroll.fixed_point_noise = 0.05
-  c.unroll.loss_gamma = 1.0
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.kp2d = 0.3
-  c.loss.kp3d = 0.3
-  c.loss.pose = 1.0
-  c.loss.betas = 1.0
-  c.loss.transl = 1.0
-  c.loss.update = 0.0
+def _unroll_group() -> ml_collections.ConfigDict:
+  """``unroll``: how training unrolls are drawn (:class:`lgd_jax.train_state.UnrollSettings`)."""
+  g = ml_collections.ConfigDict()
+  g.length = "fixed"
+  g.min_steps = 1
+  g.max_steps = 0  # 0 = num_steps
+  g.late_fraction = 0.0
+  g.buffer_rounds = 8
+  g.max_age = 100
+  g.fixed_point_fraction = 0.0
+  g.fixed_point_noise = 0.05
+  g.loss_gamma = 1.0
+  return g
 
-  c.augment = ml_collections.ConfigDict()
-  c.augment.yaw_deg = 180.0
-  c.augment.tilt_deg = 20.0
-  c.augment.drop_prob = 0.2
-  c.augment.transl_xy = 0.5
-  c.augment.depth_min = 4.0
-  c.augment.depth_max = 8.0
 
-  # Detector-like 2D input (lgd_jax/data/augment.py); 0 = off.
-  c.detector = ml_collections.ConfigDict()
-  c.detector.noise = 0.0
-  c.detector.score_jitter = 0.0
-  c.detector.swap_prob = 0.0
-  c.detector.truncate_prob = 0.0
-  c.detector.outlier_prob = 0.0
-  return c
+def _loss_group() -> ml_collections.ConfigDict:
+  """``loss``: the training loss's weights."""
+  g = ml_collections.ConfigDict()
+  g.kp2d = 0.3
+  g.kp3d = 0.3
+  g.pose = 1.0
+  g.betas = 1.0
+  g.transl = 1.0
+  g.update = 0.0
+  return g
+
+
+def _augment_group() -> ml_collections.ConfigDict:
+  """``augment``: root rotations, dropped keypoints and translations of the training samples."""
+  g = ml_collections.ConfigDict()
+  g.yaw_deg = 180.0
+  g.tilt_deg = 20.0
+  g.drop_prob = 0.2
+  g.transl_xy = 0.5
+  g.depth_min = 4.0
+  g.depth_max = 8.0
+  return g
+
+
+def _detector_group() -> ml_collections.ConfigDict:
+  """``detector``: detector-like corruption of the 2D input (:mod:`lgd_jax.data.augment`)."""
+  g = ml_collections.ConfigDict()
+  g.noise = 0.0
+  g.score_jitter = 0.0
+  g.swap_prob = 0.0
+  g.truncate_prob = 0.0
+  g.outlier_prob = 0.0
+  return g
 
 
 # The convergent training scheme, chosen by the convergence ablation

@@ -29,18 +29,16 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lgd_jax.errors import ProcessesError, UserError
 
 DATA_AXIS = "data"
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError):
   """A batch or device count that cannot be split; the message names the setting."""
-
-
-class ProcessesError(RuntimeError):
-  """The processes of a multi-process run did not meet (one failed, hangs or is too slow); the
-  message says what they were waiting for."""
 
 
 def initialize_distributed(coordinator_address: str | None = None,

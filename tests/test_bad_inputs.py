@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def _tree(root):
   for d, _, files in os.walk(root):
     for f in files:
       p = os.path.join(d, f)
-      out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+      out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
   return out
 
 

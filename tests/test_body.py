@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from lgd_jax import body, rotations
+from lgd_jax import body
 from lgd_jax.body import keypoint_sets
+from lgd_jax.geometry import rotations
 
 # float32 round-off on metre-scale coordinates.
 F32_TOL = 2e-5
@@ -248,7 +249,8 @@ def test_check_grads_skinned_mesh_and_keypoints(model64, at_zero):
                 rtol=GRAD_TOL)
     # The keypoint gradient equals the gradient through the full mesh.
     idx = [dict(model64.landmarks)["nose"]]
-    g_fast = jax.grad(lambda p: body.keypoints(model64, p, betas, transl, "coco18")[:, 0].sum())(pose)
+    g_fast = jax.grad(
+        lambda p: body.keypoints(model64, p, betas, transl, "coco18")[:, 0].sum())(pose)
     g_full = jax.grad(lambda p: f_mesh(p, betas, transl)[:, idx].sum())(pose)
     np.testing.assert_allclose(g_fast, g_full, atol=1e-10)
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.test_util import check_grads
 
-from lgd_jax import camera
+from lgd_jax.geometry import camera
 
 # Pixel-scale float32 agreement.
 PIX_TOL = 1e-3

@@ -3,13 +3,16 @@
 import csv
 import json
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgd_jax import convergence, evaluation, objective, training
+from lgd_jax import build
+from lgd_jax.eval import convergence, heldout, restore
+from lgd_jax.fitting import objective
 
 NUM_ITERS = 12
 NUM_SAMPLES = 16
@@ -21,7 +24,7 @@ METHODS = ("lgd", "gd", "gd_ls", "adam")
 
 @pytest.fixture(scope="module")
 def restored(tiny_checkpoint):
-  return evaluation.restore(tiny_checkpoint)
+  return restore.restore(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +37,9 @@ def analysis(restored, tmp_path_factory):
 
 
 def _held_out(restored):
-  """The held-out batch, rebuilt the way evaluation.evaluate draws it."""
-  _, source = evaluation.held_out_source(restored.config, None)
-  return training.validation_batches(restored.config, restored.problem, source, NUM_SAMPLES,
+  """The held-out batch, rebuilt the way heldout.evaluate draws it."""
+  _, source = heldout.held_out_source(restored.config, None)
+  return build.validation_batches(restored.config, restored.problem, source, NUM_SAMPLES,
                                      int(restored.config.val_seed) + 1, NUM_SAMPLES)[0]
 
 
@@ -71,7 +74,7 @@ def test_writes_figures_csv_and_summary(analysis):
       scores = {float(k): v for k, v in tuned["tuning_pa_mpjpe_mm"].items()}
       assert scores[tuned["value"]] == min(scores.values())
     assert saved["settings"][start]["gd_ls"]["evals_per_iter"]["per_sample"] >= 2
-  md = open(os.path.join(out, "summary.md")).read()
+  md = Path(out, "summary.md").read_text()
   assert "| start | method |" in md and "MPJPE@10" in md and f"MPJPE@{NUM_ITERS}" in md
   assert md.count("\n| ") == 1 + len(convergence.STARTS) * len(METHODS)  # header + rows
   assert any("adam" in line for line in lines)
@@ -121,4 +124,4 @@ def test_smplify_joins_the_summary(restored, tmp_path, monkeypatch):
                             num_samples=NUM_SAMPLES, batch_size=NUM_SAMPLES, log=lambda _: None)
   c = summary["curves"]["zero"]["smplify"]
   assert all(np.isfinite(c[k]).all() for k in convergence.CURVES)
-  assert "SMPLify" in open(tmp_path / "summary.md").read()
+  assert "SMPLify" in (tmp_path / "summary.md").read_text()

@@ -8,10 +8,13 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-
 from conftest import tiny_train_config
-from lgd_jax import body, checkpoints, lgd, networks, objective, training
+
+from lgd_jax import body, build, checkpoints, train_state
 from lgd_jax.config import base_config
+from lgd_jax.data import batches
+from lgd_jax.fitting import lgd, networks, objective
+from lgd_jax.train import loop, losses, steps, unrolling
 
 TRAJ_ATOL = 1e-5  # float32 routes to the same trajectory
 ROBUST_GRAD_AT_FIT = 1e-6  # |∂L/∂Θ| of the robust objective at an exact fit
@@ -27,7 +30,7 @@ def problem(model):
   return objective.make_problem(model, "coco18")
 
 
-make_batch = jax.jit(training.make_batch, static_argnames=("n", "aug", "detector"))
+make_batch = jax.jit(batches.make_batch, static_argnames=("n", "aug", "detector"))
 fit = jax.jit(lgd.fit, static_argnames=("learner", "num_steps", "train"))
 fit_until = jax.jit(lgd.fit_until_converged, static_argnames=("learner", "max_steps",
                                                               "min_steps"))
@@ -35,7 +38,7 @@ fit_until = jax.jit(lgd.fit_until_converged, static_argnames=("learner", "max_st
 
 def _batch(problem, n=8, seed=0):
   rng = np.random.default_rng(seed)
-  src = training.PoseSource(jnp.asarray(rng.normal(size=(64, 72)) * 0.2, jnp.float32),
+  src = batches.PoseSource(jnp.asarray(rng.normal(size=(64, 72)) * 0.2, jnp.float32),
                             jnp.asarray(rng.normal(size=(64, 10)), jnp.float32))
   aug = ml_collections.FrozenConfigDict(base_config().augment)
   return make_batch(problem, src, jax.random.PRNGKey(seed), n=n, aug=aug)
@@ -190,34 +193,34 @@ def test_masked_steps_repeat_the_last_state_and_leave_statistics_alone(problem):
 
 
 def _step_fn(config, learner, problem):
-  tx = training.make_optimizer(config, config.steps_per_epoch)
-  state = training.new_state(config, learner, problem, tx)
-  return state, training.make_train_step(learner, config, config.steps_per_epoch)
+  tx = build.make_optimizer(config, config.steps_per_epoch)
+  state = train_state.new_state(config, learner, problem, tx)
+  return state, steps.make_train_step(learner, config, config.steps_per_epoch)
 
 
 @pytest.mark.slow
 def test_random_unroll_length_compiles_once_and_loss_covers_the_steps_taken(monkeypatch):
   # A copy of the step whose Python function may be traced once (chex raises on a second).
-  monkeypatch.setattr(training, "train_step", jax.jit(
-      chex.assert_max_traces(training.train_step.__wrapped__, n=1), **training.TRAIN_STEP_JIT))
+  monkeypatch.setattr(steps, "train_step", jax.jit(
+      chex.assert_max_traces(steps.train_step.__wrapped__, n=1), **steps.TRAIN_STEP_JIT))
   config = tiny_train_config(**{"unroll.length": "uniform", "unroll.max_steps": 4,
                                 "unroll.min_steps": 1, "batch_size": 16})
-  model = training.load_body_model(config)
-  problem = training.make_problem(config, model)
-  learner = training.make_learner(config, problem)
+  model = build.load_body_model(config)
+  problem = build.make_problem(config, model)
+  learner = build.make_learner(config, problem)
   state, step = _step_fn(config, learner, problem)
-  source = training.synthetic_source(config)
-  before = training.train_step._cache_size()
+  source = build.synthetic_source(config)
+  before = steps.train_step._cache_size()
   lengths = []
   for i in range(6):
     state, out = step(state, problem, source, jax.random.PRNGKey(i))
     lengths.append(int(out["unroll_length"]))
-  assert training.train_step._cache_size() - before == 1
+  assert steps.train_step._cache_size() - before == 1
   assert len(set(lengths)) > 1 and all(1 <= n <= 4 for n in lengths)
   # The states after the sampled length carry no weight.
-  w = np.asarray(training.step_weights(jnp.int32(2), 5, 1.0))
+  w = np.asarray(losses.step_weights(jnp.int32(2), 5, 1.0))
   np.testing.assert_allclose(w, [1 / 3, 1 / 3, 1 / 3, 0, 0])
-  w = np.asarray(training.step_weights(jnp.int32(2), 5, 0.5))
+  w = np.asarray(losses.step_weights(jnp.int32(2), 5, 0.5))
   np.testing.assert_allclose(w, np.array([0.25, 0.5, 1, 0, 0]) / 1.75)
 
 
@@ -225,13 +228,13 @@ def test_random_unroll_length_compiles_once_and_loss_covers_the_steps_taken(monk
 def test_fit_buffer_continues_fits_and_restarts_old_ones():
   config = tiny_train_config(**{"unroll.late_fraction": 0.25, "unroll.buffer_rounds": 2,
                                 "unroll.max_age": 5, "batch_size": 16, "num_steps": 2})
-  model = training.load_body_model(config)
-  problem = training.make_problem(config, model)
-  learner = training.make_learner(config, problem)
+  model = build.load_body_model(config)
+  problem = build.make_problem(config, model)
+  learner = build.make_learner(config, problem)
   state, step = _step_fn(config, learner, problem)
   assert state.buffer.theta.shape == (8, problem.num_params)
   assert np.all(np.asarray(state.buffer.age) == -1)
-  source = training.synthetic_source(config)
+  source = build.synthetic_source(config)
   ages = []
   for i in range(8):
     state, _ = step(state, problem, source, jax.random.PRNGKey(i))
@@ -252,9 +255,9 @@ def test_fit_buffer_continues_fits_and_restarts_old_ones():
 
 def test_fixed_point_samples_start_near_the_truth_and_pay_for_moving(problem):
   batch = _batch(problem, n=8)
-  u = training.UnrollSettings("fixed", 2, 2, 0, 1, 100, 2, 0.01, 1.0)
+  u = train_state.UnrollSettings("fixed", 2, 2, 0, 1, 100, 2, 0.01, 1.0)
   theta0 = jnp.zeros_like(batch.theta)
-  plan = training.plan_unroll(problem, batch, theta0, None, jnp.int32(0),
+  plan = unrolling.plan_unroll(problem, batch, theta0, None, jnp.int32(0),
                               jax.random.PRNGKey(0), u)
   np.testing.assert_array_equal(plan.fixed_point, [False] * 6 + [True] * 2)
   np.testing.assert_array_equal(plan.theta0[:6], 0.0)
@@ -264,7 +267,7 @@ def test_fixed_point_samples_start_near_the_truth_and_pay_for_moving(problem):
   traj = lgd.Trajectory(jnp.stack([plan.theta0, plan.theta0 + 0.5, plan.theta0 + 0.5]),
                         *[jnp.zeros((3, 8) + s) for s in ((), (), (18, 3), (18, 2))])
   weights = {"kp2d": 0.0, "kp3d": 0.0, "pose": 0.0, "betas": 0.0, "update": 1.0}
-  loss, parts = training.training_loss(problem, traj, batch, weights, None, plan.fixed_point,
+  loss, parts = losses.training_loss(problem, traj, batch, weights, None, plan.fixed_point,
                                        jnp.int32(2))
   np.testing.assert_allclose(parts["update"], 0.25, rtol=1e-6)
   np.testing.assert_allclose(loss, 0.25, rtol=1e-6)
@@ -279,19 +282,19 @@ def test_buffer_is_checkpointed_and_restored_exactly(tmp_path):
   config.num_epochs = 2
   config.steps_per_epoch = 4
   config.checkpoint_every = 4
-  uninterrupted = training.train_and_evaluate(config, str(tmp_path / "a"), show_progress=False)
+  uninterrupted = loop.train_and_evaluate(config, str(tmp_path / "a"), show_progress=False)
   config.num_epochs = 1
-  half = training.train_and_evaluate(config, str(tmp_path / "b"), show_progress=False)
+  half = loop.train_and_evaluate(config, str(tmp_path / "b"), show_progress=False)
   mngr = checkpoints.manager(str(tmp_path / "b"))
-  model = training.load_body_model(config)
-  problem = training.make_problem(config, model)
-  learner = training.make_learner(config, problem)
-  template = training.new_state(config, learner, problem, training.make_optimizer(config, 4))
+  model = build.load_body_model(config)
+  problem = build.make_problem(config, model)
+  learner = build.make_learner(config, problem)
+  template = train_state.new_state(config, learner, problem, build.make_optimizer(config, 4))
   restored = checkpoints.restore_verified(mngr, 4, template)
   jax.tree.map(np.testing.assert_array_equal, restored.buffer, half.buffer)
   assert int(np.max(np.asarray(restored.buffer.age))) > 0
   config.num_epochs = 2
-  resumed = training.train_and_evaluate(config, str(tmp_path / "b"), show_progress=False)
+  resumed = loop.train_and_evaluate(config, str(tmp_path / "b"), show_progress=False)
   jax.tree.map(np.testing.assert_array_equal, resumed.buffer, uninterrupted.buffer)
   jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
 
@@ -306,11 +309,11 @@ def test_buffer_is_checkpointed_and_restored_exactly(tmp_path):
 ])
 def test_config_mistakes_name_the_field(overrides, field):
   config = tiny_train_config(**overrides)
-  with pytest.raises(training.ConfigError, match=field):
-    training.check_config(config)
+  with pytest.raises(build.ConfigError, match=field):
+    loop.check_config(config)
     model = body.tiny_model(num_verts=300)
-    problem = training.make_problem(config, model)
-    training.make_learner(config, problem)
+    problem = build.make_problem(config, model)
+    build.make_learner(config, problem)
 
 
 # ----------------------------------------------------------------------------------------------

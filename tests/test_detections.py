@@ -16,8 +16,12 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from lgd_jax import body, camera, detections, evaluation, objective
-from lgd_jax.detections import DetectionError
+from lgd_jax import body
+from lgd_jax.data import detection_files
+from lgd_jax.data.detection_files import DetectionError
+from lgd_jax.eval import detection_outputs, detections, restore
+from lgd_jax.fitting import objective
+from lgd_jax.geometry import camera, translation
 
 IMAGE_W, IMAGE_H = 640, 480  # sqrt(640² + 480²) = 800: the default focal length is the truth
 FOCAL = 800.0
@@ -33,7 +37,7 @@ HALF_MISSING = (2, 3, 4, 9, 10, 14, 15, 16, 17)  # COCO-18 joints dropped from p
 
 @pytest.fixture(scope="module")
 def restored(tiny_checkpoint):
-  return evaluation.restore(tiny_checkpoint)
+  return restore.restore(tiny_checkpoint)
 
 
 # Root rotations (yaw, pitch, roll in degrees) within training's augmentation ranges: tilted
@@ -131,16 +135,16 @@ def fitted(restored, bodies, tmp_path_factory):
 def test_openpose_body25_maps_by_name(tmp_path):
   kp = np.stack([10.0 + np.arange(25), 100.0 + np.arange(25), np.full(25, 0.8)], -1)
   kp[BODY25_LBIGTOE, 2] = 0.5
-  det = detections.load(_openpose(tmp_path / "f_keypoints.json", [kp]))
+  det = detection_files.load(_openpose(tmp_path / "f_keypoints.json", [kp]))
   assert det.format == "openpose_body25" and det.frames == ("f",) and det.num_persons == 1
-  pts, conf = detections.to_keypoint_set(det, "coco18")
+  pts, conf = detection_files.to_keypoint_set(det, "coco18")
   assert pts.shape == (1, 18, 2) and conf.shape == (1, 18)
   np.testing.assert_array_equal(pts[0, COCO18_RHIP], [10 + BODY25_RHIP, 100 + BODY25_RHIP])
   np.testing.assert_array_equal(pts[0, COCO18_LHIP], [10 + BODY25_LHIP, 100 + BODY25_LHIP])
   np.testing.assert_array_equal(pts[0, COCO18_NECK], [11, 101])  # BODY_25 joint 1 is the neck
   np.testing.assert_allclose(conf, 0.8)
   # To BODY_25 itself: identity, toes included.
-  pts25, conf25 = detections.to_keypoint_set(det, "body25")
+  pts25, conf25 = detection_files.to_keypoint_set(det, "body25")
   np.testing.assert_array_equal(pts25[0], kp[:, :2])
   assert conf25[0, BODY25_LBIGTOE] == pytest.approx(0.5)
 
@@ -148,14 +152,14 @@ def test_openpose_body25_maps_by_name(tmp_path):
 def test_openpose_coco18_and_threshold(tmp_path):
   kp = np.stack([5.0 * np.arange(18), 7.0 * np.arange(18), np.full(18, 0.7)], -1)
   kp[COCO18_LEYE, 2] = 0.5 * camera.CONFIDENCE_THRESHOLD  # below the official threshold
-  det = detections.load(_openpose(tmp_path / "g_keypoints.json", [kp, kp]))
+  det = detection_files.load(_openpose(tmp_path / "g_keypoints.json", [kp, kp]))
   assert det.format == "openpose_coco18" and det.num_persons == 2
-  pts, conf = detections.to_keypoint_set(det, "coco18")
+  pts, conf = detection_files.to_keypoint_set(det, "coco18")
   vis = np.arange(18) != COCO18_LEYE
   np.testing.assert_array_equal(pts[0, vis], kp[vis, :2])
   assert conf[0, COCO18_LEYE] == 0 and np.all(pts[:, COCO18_LEYE] == 0)
   # COCO-18 has no mid-hip: the hips' midpoint for BODY_25; the feet stay missing.
-  pts25, conf25 = detections.to_keypoint_set(det, "body25")
+  pts25, conf25 = detection_files.to_keypoint_set(det, "body25")
   np.testing.assert_allclose(pts25[0, BODY25_MIDHIP],
                              0.5 * (kp[COCO18_RHIP, :2] + kp[COCO18_LHIP, :2]))
   assert conf25[0, BODY25_LBIGTOE] == 0
@@ -172,12 +176,12 @@ def test_coco_results_file(tmp_path):
               "score": 0.7}]
   path = tmp_path / "person_keypoints_results.json"
   path.write_text(json.dumps(entries))
-  det = detections.load(path)
+  det = detection_files.load(path)
   assert det.format == "coco17" and det.num_persons == 3
   assert set(det.frames) == {"12", "397133"}
   f = det.frames.index("397133")
   assert list(det.person_index[det.persons_in(f)]) == [0, 1]
-  pts, conf = detections.to_keypoint_set(det, "coco18")
+  pts, conf = detection_files.to_keypoint_set(det, "coco18")
   first = det.persons_in(f)[0]
   np.testing.assert_array_equal(pts[first, 0], kp[COCO17_NOSE, :2])
   np.testing.assert_array_equal(pts[first, COCO18_LEYE], kp[COCO17_LEYE, :2])
@@ -201,10 +205,10 @@ def test_coco_annotation_file(tmp_path):
           "categories": [{"id": 1, "name": "person"}]}
   path = tmp_path / "ann.json"
   path.write_text(json.dumps(data))
-  det = detections.load(path)
+  det = detection_files.load(path)
   assert det.frames == ("000007", "000008") and det.image_sizes == ((320, 200), (320, 200))
   assert len(det.persons_in(1)) == 0  # an image without people: an empty frame
-  _, conf = detections.to_keypoint_set(det, "coco18")
+  _, conf = detection_files.to_keypoint_set(det, "coco18")
   assert conf[0, 0] == 0 and conf[0, COCO18_LEYE] == 1.0 and conf[0, COCO18_NECK] == 1.0
 
 
@@ -236,7 +240,7 @@ def test_bad_file_gives_one_line_error(tmp_path, case):
   path = tmp_path / f"{case}_keypoints.json"
   path.write_text(BAD_INPUTS[case])
   with pytest.raises(DetectionError) as e:
-    detections.load(path)
+    detection_files.load(path)
   msg = str(e.value)
   assert str(path) in msg and "\n" not in msg and "expected" in msg
 
@@ -245,16 +249,16 @@ def test_bad_file_in_directory_is_named(tmp_path):
   _openpose(tmp_path / "a_keypoints.json", [np.ones((25, 3))])
   (tmp_path / "b_keypoints.json").write_text(BAD_INPUTS["nan"])
   with pytest.raises(DetectionError, match="b_keypoints.json"):
-    detections.load(tmp_path)
+    detection_files.load(tmp_path)
 
 
 def test_empty_directory_and_mixed_formats(tmp_path):
   with pytest.raises(DetectionError, match=str(tmp_path)):
-    detections.load(tmp_path)
+    detection_files.load(tmp_path)
   _openpose(tmp_path / "a_keypoints.json", [np.ones((25, 3))])
   _openpose(tmp_path / "b_keypoints.json", [np.ones((18, 3))])
   with pytest.raises(DetectionError, match="b_keypoints.json"):
-    detections.load(tmp_path)
+    detection_files.load(tmp_path)
 
 
 def test_unreadable_image(restored, tmp_path):
@@ -281,7 +285,7 @@ def test_translation_recovers_known_camera(restored, bodies):
   weights = np.random.default_rng(0).uniform(0.2, 1.0, pix.shape[:2]).astype(np.float32)
   weights[:, ::3] = 0.0  # missing joints
   pix_moved = np.where(weights[..., None] > 0, pix, 1e4)  # their coordinates are ignored
-  t = detections.estimate_translation(points, jnp.asarray(pix_moved), jnp.asarray(weights),
+  t = translation.estimate_translation(points, jnp.asarray(pix_moved), jnp.asarray(weights),
                                       *_camera(len(pix)))
   np.testing.assert_allclose(t, transl, atol=TRANSL_ATOL)
 
@@ -347,7 +351,7 @@ def test_fit_file_outputs(fitted, restored):
     assert faces.max() == model.num_verts
     from PIL import Image
     with Image.open(out / f"{stem}.png") as im:
-      assert max(im.size) == detections.PNG_MAX_SIDE_PX
+      assert max(im.size) == detection_outputs.PNG_MAX_SIDE_PX
   with np.load(out / "a_p0.npz") as z:  # frame a's camera comes from its 640x480 image
     assert float(z["focal_length"]) == pytest.approx(FOCAL)
     np.testing.assert_allclose(z["camera_center"], [IMAGE_W / 2, IMAGE_H / 2])

@@ -6,8 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgd_jax import body, camera, detections, evaluation, objective
+from lgd_jax import body
 from lgd_jax.data import augment, pose_sources, synthetic
+from lgd_jax.eval import detections, restore
+from lgd_jax.fitting import objective
+from lgd_jax.geometry import camera
 
 B = 512  # samples per corruption check
 PROB_TOL = 0.06  # an observed frequency of B Bernoulli draws may differ this much from p
@@ -17,7 +20,7 @@ POSE_TOL = 1e-6
 
 @pytest.fixture(scope="module")
 def restored(tiny_checkpoint):
-  return evaluation.restore(tiny_checkpoint)
+  return restore.restore(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")

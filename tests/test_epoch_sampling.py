@@ -10,11 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_train_config
 from fake_datasets import write_amass_tree
-from lgd_jax import evaluation, training
+
+from lgd_jax import build
 from lgd_jax.config import base_config, with_defaults
+from lgd_jax.data import batches
+from lgd_jax.eval import heldout
+from lgd_jax.train import loop, signals, steps, writer
 
 NUM_POSES = 103
 NUM_SEQ = 7
@@ -30,7 +33,7 @@ def _source(sampling="epoch"):
   seq = np.sort(np.random.default_rng(0).integers(0, NUM_SEQ, NUM_POSES)).astype(np.int32)
   betas = np.zeros((NUM_SEQ, 10), np.float32)
   betas[:, 0] = np.arange(NUM_SEQ)
-  return training.PoseSource(jnp.asarray(poses), jnp.asarray(betas), jnp.asarray(seq),
+  return batches.PoseSource(jnp.asarray(poses), jnp.asarray(betas), jnp.asarray(seq),
                              sampling=sampling), seq
 
 
@@ -49,7 +52,7 @@ def _epochs(source, seed, steps):
   for step in steps:
     if step // per_epoch != current:
       current = step // per_epoch
-      source = training.with_epoch_order(source, seed, current)
+      source = batches.with_epoch_order(source, seed, current)
     out[step] = np.asarray(_draw(source, jnp.int32(step))[0])
   return out
 
@@ -60,7 +63,7 @@ def test_each_frame_once_per_epoch_and_epochs_differ():
   before = _draw._cache_size()
   orders = []
   for epoch in range(3):
-    s = training.with_epoch_order(src, SEED, epoch)
+    s = batches.with_epoch_order(src, SEED, epoch)
     order = np.asarray(s.order)
     np.testing.assert_array_equal(np.sort(order), np.arange(NUM_POSES))  # a permutation
     drawn = [_draw(s, jnp.int32(epoch * per_epoch + k)) for k in range(per_epoch)]
@@ -74,9 +77,9 @@ def test_each_frame_once_per_epoch_and_epochs_differ():
   assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
   assert not np.array_equal(orders[0], np.arange(NUM_POSES))
   # The order is a function of (seed, epoch) only; another seed shuffles otherwise.
-  np.testing.assert_array_equal(np.asarray(training.with_epoch_order(src, SEED, 1).order),
+  np.testing.assert_array_equal(np.asarray(batches.with_epoch_order(src, SEED, 1).order),
                                 orders[1])
-  assert not np.array_equal(np.asarray(training.with_epoch_order(src, SEED + 1, 1).order),
+  assert not np.array_equal(np.asarray(batches.with_epoch_order(src, SEED + 1, 1).order),
                             orders[1])
   # New orders and steps are traced values: one program for all epochs.
   assert _draw._cache_size() - before <= 1
@@ -87,7 +90,7 @@ def test_a_resumed_loop_draws_the_same_batches():
   per_epoch = NUM_POSES // BATCH
   steps = range(3 * per_epoch)
   uninterrupted = _epochs(src, SEED, steps)
-  training._permutation_fn.cache_clear()  # as in a fresh process
+  batches._permutation_fn.cache_clear()  # as in a fresh process
   resume_at = per_epoch + 4  # mid-epoch
   resumed = _epochs(src, SEED, range(resume_at, 3 * per_epoch))
   for step, rows in resumed.items():
@@ -103,9 +106,9 @@ def test_sources_without_an_order_and_replacement_sampling():
   a = np.asarray(_draw(rep, jnp.int32(0))[0])
   b = np.asarray(_draw(rep.replace(), jnp.int32(1))[0])
   np.testing.assert_array_equal(a, b)  # same key, the step plays no part
-  assert training.with_epoch_order(rep, SEED, 0) is rep
-  synthetic = training.PoseSource(kind="broad")
-  assert training.with_epoch_order(synthetic, SEED, 0) is synthetic
+  assert batches.with_epoch_order(rep, SEED, 0) is rep
+  synthetic = batches.PoseSource(kind="broad")
+  assert batches.with_epoch_order(synthetic, SEED, 0) is synthetic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,21 +130,21 @@ def _config(amass_dir, tmp, **overrides):
 def test_amass_sources_hold_betas_per_sequence(amass_dir, tmp_path):
   c = _config(amass_dir, tmp_path)
   assert c.amass_sampling == "epoch"  # the official behaviour is the default
-  train, val, steps_per_epoch = training.load_pose_data(c)
+  train, val, steps_per_epoch = build.load_pose_data(c)
   assert train.size == 73 and train.sampling == "epoch" and val.sampling == "replacement"
   assert train.betas.shape == (4, 10) and train.seq.shape == (73,)
   assert steps_per_epoch == 73 // 16  # real epochs: the per-epoch decay counts these
   # evaluate.py's held-out AMASS poses: only that split on the device (here the training split,
   # the validation one being empty), drawn with replacement.
-  name, held_out = evaluation.held_out_source(c, f"amass:{amass_dir}")
+  name, held_out = heldout.held_out_source(c, f"amass:{amass_dir}")
   assert name == "amass-val" and held_out.sampling == "replacement"
   np.testing.assert_array_equal(np.asarray(held_out.seq), np.asarray(train.seq))
   c.batch_size = 80
-  with pytest.raises(training.ConfigError, match="batch_size: 80 .* 73 AMASS training frames"):
-    training.load_pose_data(c)
+  with pytest.raises(build.ConfigError, match="batch_size: 80 .* 73 AMASS training frames"):
+    build.load_pose_data(c)
   c.amass_sampling = "shuffle"
-  with pytest.raises(training.ConfigError, match="amass_sampling"):
-    training.check_config(c)
+  with pytest.raises(build.ConfigError, match="amass_sampling"):
+    loop.check_config(c)
 
 
 def test_configs_of_before_epoch_sampling_read_back_as_replacement():
@@ -162,9 +165,9 @@ def test_training_resumes_mid_epoch_bit_exactly(amass_dir, tmp_path, monkeypatch
   rate decays once per real epoch."""
   c = _config(amass_dir, tmp_path, num_epochs=2, checkpoint_every=100, lr_decay=0.5)
   per_epoch = 73 // 16
-  before = training.train_step._cache_size()
-  full = training.train_and_evaluate(c, str(tmp_path / "full"), show_progress=False)
-  assert training.train_step._cache_size() - before <= 1
+  before = steps.train_step._cache_size()
+  full = loop.train_and_evaluate(c, str(tmp_path / "full"), show_progress=False)
+  assert steps.train_step._cache_size() - before <= 1
   lines = _metrics(tmp_path / "full")
   assert [r["step"] for r in lines] == list(range(1, 2 * per_epoch + 1))
   assert [r["epoch"] for r in lines if "epoch" in r] == [1, 2]
@@ -174,7 +177,7 @@ def test_training_resumes_mid_epoch_bit_exactly(amass_dir, tmp_path, monkeypatch
   np.testing.assert_allclose(lr[per_epoch:2 * per_epoch], 0.5 * c.learning_rate, rtol=1e-6)
 
   stop_at = per_epoch + 2
-  write = training.MetricWriter.write
+  write = writer.MetricWriter.write
 
   def write_then_stop(self, step, values):
     write(self, step, values)
@@ -182,12 +185,12 @@ def test_training_resumes_mid_epoch_bit_exactly(amass_dir, tmp_path, monkeypatch
       signal.raise_signal(signal.SIGTERM)  # saved after this step, then stopped
 
   workdir = str(tmp_path / "resumed")
-  monkeypatch.setattr(training.MetricWriter, "write", write_then_stop)
-  with pytest.raises(training.TrainingStopped, match=f"step {stop_at}"):
-    training.train_and_evaluate(c, workdir, show_progress=False)
+  monkeypatch.setattr(writer.MetricWriter, "write", write_then_stop)
+  with pytest.raises(signals.TrainingStopped, match=f"step {stop_at}"):
+    loop.train_and_evaluate(c, workdir, show_progress=False)
   monkeypatch.undo()
-  training._permutation_fn.cache_clear()
-  resumed = training.train_and_evaluate(c, workdir, show_progress=False)
+  batches._permutation_fn.cache_clear()
+  resumed = loop.train_and_evaluate(c, workdir, show_progress=False)
   jax.tree.map(np.testing.assert_array_equal, resumed.params, full.params)
   resumed_lines = _metrics(workdir)
   np.testing.assert_array_equal([r["loss"] for r in resumed_lines], [r["loss"] for r in lines])

@@ -9,13 +9,17 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from conftest import tiny_train_config
 
-from lgd_jax import checkpoints, evaluation, training
+from lgd_jax import build, checkpoints
+from lgd_jax.data import batches
+from lgd_jax.eval import restore
+from lgd_jax.train import loop, signals
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT_S = 600  # per run, generous: the CI machine may be busy
@@ -67,7 +71,7 @@ def _losses(workdir):
 
 
 def _variables(workdir):
-  return jax.device_get(evaluation.restore(workdir).variables)
+  return jax.device_get(restore.restore(workdir).variables)
 
 
 @pytest.mark.slow
@@ -123,8 +127,8 @@ def test_sigint_saves_a_checkpoint_and_stops(tmp_path):
   thread = threading.Thread(target=interrupt, daemon=True)
   try:
     thread.start()
-    with pytest.raises(training.TrainingStopped) as e:
-      training.train_and_evaluate(config, workdir, show_progress=False)
+    with pytest.raises(signals.TrainingStopped) as e:
+      loop.train_and_evaluate(config, workdir, show_progress=False)
     thread.join()
   finally:
     signal.signal(signal.SIGINT, pytest_handler)
@@ -138,7 +142,7 @@ def test_sigint_saves_a_checkpoint_and_stops(tmp_path):
 def _corrupt(step_dir: str, how: str) -> None:
   files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs]
   target = max(files, key=os.path.getsize)
-  data = bytearray(open(target, "rb").read())
+  data = bytearray(Path(target).read_bytes())
   if how == "truncate":
     data = data[:len(data) // 2]
   else:  # flip bits in the middle, same size
@@ -152,7 +156,7 @@ def _corrupt(step_dir: str, how: str) -> None:
 def test_corrupt_checkpoints_are_detected_and_set_aside(tmp_path, capsys):
   config = tiny_train_config(num_epochs=2)  # checkpoints at 6, 12, 18, 24 (3 kept)
   workdir = str(tmp_path / "run")
-  reference = jax.device_get(training.train_and_evaluate(config, workdir,
+  reference = jax.device_get(loop.train_and_evaluate(config, workdir,
                                                          show_progress=False).params)
   directory, latest = checkpoints.locate(workdir)
   assert latest == 24
@@ -161,10 +165,10 @@ def test_corrupt_checkpoints_are_detected_and_set_aside(tmp_path, capsys):
 
   # Evaluating the damaged checkpoint fails in one line naming it.
   with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints/24"):
-    evaluation.restore(workdir)
+    restore.restore(workdir)
 
   capsys.readouterr()
-  state = training.train_and_evaluate(config, workdir, show_progress=False)
+  state = loop.train_and_evaluate(config, workdir, show_progress=False)
   err = capsys.readouterr().err
   warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
   assert len(warnings) == 2 and "/24" in warnings[0] and "/18" in warnings[1]
@@ -190,10 +194,10 @@ def _poisoned_data(fraction):
   poses = np.array(jax.random.uniform(jax.random.PRNGKey(0), (400, 72), minval=-0.2,
                                         maxval=0.2))
   poses[:int(len(poses) * fraction), 5] = np.nan
-  src = training.PoseSource(jax.numpy.asarray(poses), jax.numpy.zeros((400, 10)))
+  src = batches.PoseSource(jax.numpy.asarray(poses), jax.numpy.zeros((400, 10)))
 
   def load(config):
-    return src, training.PoseSource(), int(config.steps_per_epoch)
+    return src, batches.PoseSource(), int(config.steps_per_epoch)
   return load
 
 
@@ -201,9 +205,9 @@ def _poisoned_data(fraction):
 def test_nonfinite_loss_stops_without_applying(resumable, monkeypatch):
   directory, step = checkpoints.locate(resumable)
   before = {s: checkpoints.digest(_state_files(directory / str(s))) for s in (6, 12)}
-  monkeypatch.setattr(training, "load_pose_data", _poisoned_data(1.0))
-  with pytest.raises(training.TrainingStopped) as e:
-    training.train_and_evaluate(tiny_train_config(num_epochs=2), resumable, show_progress=False)
+  monkeypatch.setattr(build, "load_pose_data", _poisoned_data(1.0))
+  with pytest.raises(signals.TrainingStopped) as e:
+    loop.train_and_evaluate(tiny_train_config(num_epochs=2), resumable, show_progress=False)
   msg = str(e.value)
   assert e.value.exit_code != 0
   assert msg.startswith(f"step {step + 1}: non-finite") and str(directory / "12") in msg
@@ -219,9 +223,9 @@ def _state_files(step_dir):
 
 @pytest.mark.slow  # the default "stop" policy is tested above; this compiles another step
 def test_nonfinite_batches_can_be_skipped_and_counted(resumable, monkeypatch):
-  monkeypatch.setattr(training, "load_pose_data", _poisoned_data(0.03))
+  monkeypatch.setattr(build, "load_pose_data", _poisoned_data(0.03))
   config = tiny_train_config(num_epochs=2, on_nonfinite="skip")
-  state = training.train_and_evaluate(config, resumable, show_progress=False)
+  state = loop.train_and_evaluate(config, resumable, show_progress=False)
   skipped = int(state.num_skipped)
   # About 1 - 0.97^32 = 62 % of the 12 new batches hold a NaN; some are clean.
   assert 0 < skipped < 12

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from lgd_jax import body
-from lgd_jax.body.io import ModelFileError, load_model, main, save_npz
+from lgd_jax.body.convert import main
+from lgd_jax.body.io import ModelFileError, load_model, save_npz
 
 # float32 keeps 24 significant bits: a float64 value read into float32 is off by at most half an
 # ulp, 2**-24 relative; allow one ulp.

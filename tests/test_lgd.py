@@ -8,8 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from lgd_jax import body, camera, lgd, networks, objective, training
+from lgd_jax import body, build
 from lgd_jax.config import base_config
+from lgd_jax.data import batches
+from lgd_jax.fitting import lgd, networks, objective
+from lgd_jax.geometry import camera, rotations
 
 GRAD_RTOL = 1e-5  # float32 per-sample gradients, vmapped vs one at a time
 TRAJ_ATOL = 1e-5  # two float32 routes to the same gradient-descent trajectory
@@ -25,14 +28,14 @@ def problem(model):
   return objective.make_problem(model, "coco18")
 
 
-make_batch = jax.jit(training.make_batch, static_argnames=("n", "aug"))
+make_batch = jax.jit(batches.make_batch, static_argnames=("n", "aug"))
 fit = jax.jit(lgd.fit, static_argnames=("learner", "num_steps", "train"))
 run_optimizer = jax.jit(lgd.run_optimizer, static_argnames=("tx", "num_steps"))
 
 
 def _batch(problem, n=8, seed=0):
   rng = np.random.default_rng(seed)
-  src = training.PoseSource(jnp.asarray(rng.normal(size=(64, 72)) * 0.2, jnp.float32),
+  src = batches.PoseSource(jnp.asarray(rng.normal(size=(64, 72)) * 0.2, jnp.float32),
                             jnp.asarray(rng.normal(size=(64, 10)), jnp.float32))
   aug = ml_collections.FrozenConfigDict(base_config().augment)
   return make_batch(problem, src, jax.random.PRNGKey(seed), n=n, aug=aug)
@@ -123,7 +126,7 @@ def _tiny_config(**overrides):
 @pytest.mark.parametrize("variant,init", [("paper", "zero"), ("official", "learned")])
 def test_variants_shapes_and_features(problem, variant, init):
   c = _tiny_config(**{"model.variant": variant, "model.init": init})
-  learner = training.make_learner(c, problem)
+  learner = build.make_learner(c, problem)
   variables = learner.init(jax.random.PRNGKey(0), problem)
   assert ("init" in variables["params"]) == (init == "learned")
   batch = _batch(problem)
@@ -153,8 +156,8 @@ def test_unknown_config_values_are_named(problem):
                             ("model.init", "random", "model.init"),
                             ("model.features", "kp2d,velocity", "model.features"),
                             ("model.dtype", "int8", "model.dtype")):
-    with pytest.raises(training.ConfigError, match=field.replace(".", r"\.")):
-      training.make_learner(_tiny_config(**{key: value}), problem)
+    with pytest.raises(build.ConfigError, match=field.replace(".", r"\.")):
+      build.make_learner(_tiny_config(**{key: value}), problem)
 
 
 def test_rotate_root_turns_the_body_about_the_vertical(model):
@@ -164,7 +167,7 @@ def test_rotate_root_turns_the_body_about_the_vertical(model):
   yaw = jnp.deg2rad(jnp.array([90.0, -45.0, 180.0, 10.0]))
   zero = jnp.zeros(4)
   before = body.keypoints(model, pose, betas, None, "smpl24")
-  after = body.keypoints(model, training.rotate_root(pose, yaw, zero, zero), betas, None, "smpl24")
+  after = body.keypoints(model, rotations.rotate_root(pose, yaw, zero, zero), betas, None, "smpl24")
   # The root joint stays fixed; everything turns about the pelvis's vertical axis.
   rel_b = np.asarray(before - before[:, :1])
   rel_a = np.asarray(after - after[:, :1])
@@ -190,7 +193,7 @@ def test_translation_in_theta(model):
   prob = objective.make_problem(model, "coco18", fit_translation=True)
   assert prob.num_params == 85
   aug = ml_collections.FrozenConfigDict(base_config().augment)
-  batch = make_batch(prob, training.PoseSource(jnp.zeros((4, 72)), jnp.zeros((4, 10))),
+  batch = make_batch(prob, batches.PoseSource(jnp.zeros((4, 72)), jnp.zeros((4, 10))),
                      jax.random.PRNGKey(0), n=64, aug=aug)
   t = np.asarray(objective.split(prob, batch.theta).transl)
   depth = 6.0 - t[:, 2]  # the official camera looks down -z from z = 6

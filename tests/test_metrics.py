@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgd_jax import metrics, rotations
+from lgd_jax import metrics
+from lgd_jax.geometry import rotations
 
 # Every test twice: at the default matmul precision and with TF32 forced (conftest).
 pytestmark = pytest.mark.usefixtures("matmul_default")

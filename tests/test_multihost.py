@@ -12,9 +12,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+from lgd_jax import build
+from lgd_jax.eval import restore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT_S = 600  # per run, generous: the CI machine may be busy
@@ -207,7 +211,6 @@ def _amass_config(tmp_path, amass_dir):
 
 
 def test_amass_is_preprocessed_by_process_0_while_the_others_wait(tmp_path, monkeypatch):
-  from lgd_jax import training
   from lgd_jax.data import amass
   config = _amass_config(tmp_path, _write_amass(tmp_path / "amass"))
   built = []
@@ -217,8 +220,8 @@ def test_amass_is_preprocessed_by_process_0_while_the_others_wait(tmp_path, monk
     built.append("process 0" if world.primary else "process 1")
     return preprocess(*args, **kwargs)
   monkeypatch.setattr(amass, "preprocess", recording_preprocess)
-  world = Process1Of2(monkeypatch, lambda: training.load_amass(config))
-  data = training.load_amass(config)
+  world = Process1Of2(monkeypatch, lambda: build.load_amass(config))
+  data = build.load_amass(config)
   # Process 1 waited for process 0's word, process 0 built the cache once, process 1 read it.
   assert world.meetings == [("announce", "the AMASS cache", False),
                             ("announce", "the AMASS cache", True)]
@@ -227,7 +230,6 @@ def test_amass_is_preprocessed_by_process_0_while_the_others_wait(tmp_path, monk
 
 
 def test_amass_failure_on_process_0_is_one_line_on_the_others(tmp_path, monkeypatch):
-  from lgd_jax import training
   from lgd_jax.data import amass
   (tmp_path / "empty").mkdir()
   config = _amass_config(tmp_path, tmp_path / "empty")
@@ -235,11 +237,11 @@ def test_amass_failure_on_process_0_is_one_line_on_the_others(tmp_path, monkeypa
 
   def process_0():
     with pytest.raises(amass.AmassError) as e:
-      training.load_amass(config)
+      build.load_amass(config)
     failures.append(str(e.value))
   Process1Of2(monkeypatch, process_0)
   with pytest.raises(amass.AmassError) as e:
-    training.load_amass(config)
+    build.load_amass(config)
   msg = str(e.value)
   assert msg.startswith("process 0 could not prepare the AMASS data: ") and "\n" not in msg
   assert msg.endswith(" ".join(failures[0].split()))
@@ -256,9 +258,9 @@ def test_corrupt_checkpoint_is_moved_by_process_0_before_the_others_look_again(t
   state_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "run" / "checkpoints" / "2"
                                                             / "state") for f in fs]
   target = max(state_files, key=os.path.getsize)
-  data = bytearray(open(target, "rb").read())
+  data = bytearray(Path(target).read_bytes())
   data[len(data) // 2:len(data) // 2 + 16] = bytes(b ^ 0x5A for b in data[len(data) // 2:][:16])
-  open(target, "wb").write(data)
+  Path(target).write_bytes(bytes(data))
 
   world = Process1Of2(monkeypatch, lambda: checkpoints.parallel.announce(
       "destination", str(tmp_path / "run" / checkpoints.CORRUPT_SUBDIR / "2-from-process-0")))
@@ -302,15 +304,15 @@ TRAIN_CHILD = textwrap.dedent("""
                              f"jax.device_put: {type(x).__name__} {getattr(x, 'shape', '')}")
       return compare(x, fail_message)
     multihost_utils.assert_equal = no_host_puts
-    from lgd_jax import training
-    batches = training.validation_batches
+    from lgd_jax import build
+    batches = build.validation_batches
 
     def checked(config, problem, source, *args, **kwargs):
       s = source.poses.sharding
       print("VALIDATION SOURCE " + json.dumps([len(s.device_set), s.is_fully_replicated]),
             file=sys.stderr, flush=True)
       return batches(config, problem, source, *args, **kwargs)
-    training.validation_batches = checked
+    build.validation_batches = checked
     from lgd_jax.commands.train import main
     sys.exit(main(["train.py"] + sys.argv[1:]))
 """)
@@ -359,8 +361,7 @@ def _stopped_step(stderr):
 
 def _params(workdir):
   import jax
-  from lgd_jax import evaluation
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(evaluation.restore(workdir)
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(restore.restore(workdir)
                                                                 .variables))]
 
 

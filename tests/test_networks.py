@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from lgd_jax import body, networks, objective, training
+from lgd_jax import body, build
+from lgd_jax.fitting import networks, objective
 
 HIDDEN = 128  # wide enough for the uniform's moments to show, small enough to initialise fast
 # A U(-b, b) sample of n values: its largest |x| is within b·(1 - 20/n) of b with probability
@@ -62,7 +63,7 @@ def _check_uniform(x: np.ndarray, bound: float, what: str):
 def test_official_config_starts_like_pytorch_linear(problem):
   config = _official_config()
   assert config.model.init_style == "pytorch"
-  learner = training.make_learner(config, problem)
+  learner = build.make_learner(config, problem)
   params = jax.jit(learner.init)(jax.random.PRNGKey(0), problem)["params"]
   layers = _dense_layers(params)
   # Both networks (learned initial guess and update), both heads, hidden and output layers.
@@ -79,15 +80,15 @@ def test_flax_init_stays_the_default(problem):
   """Elsewhere the layers start as before: zero biases, normal kernels (past the uniform bound)."""
   config = _official_config()
   del config.model["init_style"]  # a config of before the switch existed
-  learner = training.make_learner(config, problem)
+  learner = build.make_learner(config, problem)
   layers = _dense_layers(jax.jit(learner.init)(jax.random.PRNGKey(0), problem)["params"])
   for path, (kernel, bias) in layers.items():
     assert np.all(bias == 0), path
     assert np.abs(kernel).max() > 1.0 / math.sqrt(kernel.shape[0]), path
   # The switch itself is validated in one line naming the field.
   config.model.init_style = "torch"
-  with pytest.raises(training.ConfigError, match="model.init_style"):
-    training.make_learner(config, problem)
+  with pytest.raises(build.ConfigError, match="model.init_style"):
+    build.make_learner(config, problem)
 
 
 def test_pytorch_output_layer_scale():
@@ -158,10 +159,10 @@ def test_dropout_impl_is_a_config_choice(problem):
   from lgd_jax.config import base_config
   c = base_config()
   assert c.model.dropout_impl == "hash"
-  learner = training.make_learner(c, problem)
+  learner = build.make_learner(c, problem)
   assert learner.update_net.dropout_impl == "hash"
   c.model.dropout_impl = "threefry"
-  assert training.make_learner(c, problem).update_net.dropout_impl == "threefry"
+  assert build.make_learner(c, problem).update_net.dropout_impl == "threefry"
   c.model.dropout_impl = "philox"
-  with pytest.raises(training.ConfigError, match="model.dropout_impl"):
-    training.make_learner(c, problem)
+  with pytest.raises(build.ConfigError, match="model.dropout_impl"):
+    build.make_learner(c, problem)

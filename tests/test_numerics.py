@@ -1,5 +1,5 @@
 """Full float32 products for the geometry under a TF32 default, and the GPU determinism switch
-(lgd_jax.numerics).
+(lgd_jax.geometry.numerics).
 
 On the CPU the precision attribute does not change a single bit (XLA:CPU has no TF32), so these
 tests read the compiled programs instead: with ``jax_default_matmul_precision`` forced to
@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import forced_matmul_precision, tiny_train_config
 
-from lgd_jax import (baselines, body, camera, detections, metrics, numerics, objective, refine,
-                     training)
+from lgd_jax import body, build, metrics
+from lgd_jax.eval import detections
+from lgd_jax.fitting import objective, priors, refine
+from lgd_jax.geometry import camera, numerics, translation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +70,8 @@ def test_body_model_products_are_highest(tf32, model, params):
   pose, betas, transl = params
   _assert_all_highest(lambda p, b, t: body.forward(model, p, b, t), pose, betas, transl)
   for kpset in ("coco18", "body25"):
-    _assert_all_highest(lambda p, b, t: body.keypoints(model, p, b, t, kpset), pose, betas,
+    _assert_all_highest(lambda p, b, t, kpset=kpset: body.keypoints(model, p, b, t, kpset),
+                        pose, betas,
                         transl)
   # A vertex regressor (the h36m17 layout): its rows are one more einsum.
   reg = np.random.default_rng(1).dirichlet(np.ones(model.num_verts), 17)
@@ -93,7 +95,7 @@ def test_camera_metrics_and_translation_products_are_highest(tf32, model, params
   center = jnp.zeros((3, 2))
   pix = jnp.ones(joints.shape[:-1] + (2,))
   w = jnp.ones(joints.shape[:-1])
-  _assert_all_highest(detections.estimate_translation, joints + jnp.array([0, 0, 5.0]), pix, w,
+  _assert_all_highest(translation.estimate_translation, joints + jnp.array([0, 0, 5.0]), pix, w,
                       focal, center)
 
 
@@ -109,8 +111,8 @@ def test_objective_placement_and_em_products_are_highest(tf32, model, params):
   _assert_all_highest(lambda t: refine.camera_keypoints(problem, t, jnp.ones((3, 3))), theta)
   x = jnp.asarray(np.random.default_rng(2).normal(size=(64, 69)), jnp.float32)
   init = (x[:2], jnp.broadcast_to(jnp.eye(69), (2, 69, 69)), jnp.full((2,), 0.5))
-  _assert_all_highest(lambda x, i: baselines._em(x, i, 2, 1e-3), x, init)
-  prior = baselines.GMMPrior.from_arrays(np.asarray(init[0]), np.asarray(init[1]),
+  _assert_all_highest(lambda x, i: priors._em(x, i, 2, 1e-3), x, init)
+  prior = priors.GMMPrior.from_arrays(np.asarray(init[0]), np.asarray(init[1]),
                                          np.asarray(init[2]))
   _assert_all_highest(prior.nll, x)
 
@@ -118,11 +120,11 @@ def test_objective_placement_and_em_products_are_highest(tf32, model, params):
 def test_update_network_keeps_the_default(tf32, model):
   """The MLP may stay fast: its dots follow the global default, the objective's do not."""
   config = tiny_train_config()
-  problem = training.make_problem(config, model)
-  learner = training.make_learner(config, problem)
+  problem = build.make_problem(config, model)
+  learner = build.make_learner(config, problem)
   variables = learner.init(jax.random.PRNGKey(0), problem)
   k = problem.num_keypoints
-  from lgd_jax import lgd
+  from lgd_jax.fitting import lgd
   dots = _dots(lambda x, c: lgd.fit(learner, variables, problem, x, c, 2)[0].theta,
                jnp.full((2, k, 2), 0.5), jnp.ones((2, k)))
   assert any(_TF32 in d for d in dots), "no TF32 dot: the forced default never reached the program"
@@ -143,7 +145,7 @@ def fake_training(config, workdir, show_progress):
   devices = jax.device_count()  # starts the backend: XLA parses XLA_FLAGS (unknown flags abort)
   print("RESULT", started, devices, os.environ["XLA_FLAGS"])
 
-training.train_and_evaluate = fake_training
+loop.train_and_evaluate = fake_training
 sys.exit(train.main(["lgd-train", "--deterministic", "--config", "configs/tiny.py",
                      "--workdir", sys.argv[1]]))
 """

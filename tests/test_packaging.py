@@ -123,13 +123,17 @@ def test_wheel_ships_the_free_model_its_notices_and_the_commands(wheel):
     assert PRETRAINED in names
   assert "lgd-train = lgd_jax.commands.train:main" in scripts
   assert "lgd-evaluate = lgd_jax.commands.evaluate:main" in scripts
+  assert "lgd-fit = lgd_jax.commands.fit:main" in scripts
 
 
 _FIT_SCRIPT = r"""
 import json, os, sys
 import jax, ml_collections
 import lgd_jax
-from lgd_jax import body, evaluation, lgd, metrics, pretrained, training
+from lgd_jax import body, build, metrics, pretrained
+from lgd_jax.data import batches
+from lgd_jax.eval import restore
+from lgd_jax.fitting import lgd, scoring
 from lgd_jax.config import base_config
 
 repo, expect_pretrained = sys.argv[1], sys.argv[2] == "1"
@@ -139,19 +143,19 @@ model = body.load_model()
 config = base_config()
 config.model.hidden = 32
 config.model.num_blocks = 1
-problem = training.make_problem(config, model)
-learner = training.make_learner(config, problem)
+problem = build.make_problem(config, model)
+learner = build.make_learner(config, problem)
 variables = learner.init(jax.random.PRNGKey(0), problem)
-batch = training.make_batch(problem, training.PoseSource(), jax.random.PRNGKey(1), n=4,
-                            aug=ml_collections.FrozenConfigDict(config.augment))
+batch = batches.make_batch(problem, batches.PoseSource(), jax.random.PRNGKey(1), n=4,
+                           aug=ml_collections.FrozenConfigDict(config.augment))
 traj, _ = lgd.fit(learner, variables, problem, batch.kp2d, batch.conf, 2)
 out = {"file": here, "model": model.name, "verts": model.num_verts,
        "theta": list(traj.theta.shape), "finite": bool(jax.numpy.isfinite(traj.theta).all())}
 if expect_pretrained:
-  r = evaluation.restore(None)
+  r = restore.restore(None)
   t, _ = lgd.fit(r.learner, r.variables, r.problem, batch.kp2d, batch.conf, 2)
-  out["pretrained"] = float(metrics.pa_mpjpe(training.smpl_joints(r.problem, t.theta[-1]),
-                                              training.smpl_joints(r.problem, batch.theta)).mean())
+  out["pretrained"] = float(metrics.pa_mpjpe(scoring.smpl_joints(r.problem, t.theta[-1]),
+                                             scoring.smpl_joints(r.problem, batch.theta)).mean())
 print(json.dumps(out))
 """
 
@@ -189,10 +193,11 @@ def test_installed_wheel_loads_the_free_model_and_fits_outside_the_repository(wh
   assert out["theta"][0] == 3 and out["finite"]
   if expect_pretrained:
     assert np.isfinite(out["pretrained"])
-  for script in ("lgd-train", "lgd-evaluate"):
+  for script, flag in (("lgd-train", "--workdir"), ("lgd-evaluate", "--ckpt"),
+                       ("lgd-fit", "--keypoints")):
     proc = _run([str(venv / "bin" / script), "--help"], cwd=work)
     assert "usage:" in proc.stdout
-    assert ("--ckpt" if script == "lgd-evaluate" else "--workdir") in proc.stdout
+    assert flag in proc.stdout
 
 
 # ----------------------------------------------------------------------------------------------

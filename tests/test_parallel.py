@@ -30,12 +30,14 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, os.path.join({repo!r}, "tests"))
     import jax, numpy as np
     from conftest import tiny_train_config
-    from lgd_jax import parallel, training
+    from lgd_jax import build, parallel, train
+    from lgd_jax.data import batches as batches_
+    from lgd_jax.fitting import scoring
     assert len(jax.devices()) == {n}, jax.devices()
     out = {{}}
     for nd in {counts}:
       wd = os.path.join({tmp!r}, f"run{{nd}}")
-      state = training.train_and_evaluate(tiny_train_config(num_devices=nd), wd,
+      state = train.train_and_evaluate(tiny_train_config(num_devices=nd), wd,
                                           show_progress=False)
       leaf = jax.tree.leaves(state.params)[0]
       with open(os.path.join(wd, "metrics.jsonl")) as f:
@@ -48,20 +50,20 @@ CHILD = textwrap.dedent("""
       print("RESULT " + json.dumps(out))
       sys.exit(0)
     try:
-      training.train_and_evaluate(tiny_train_config(batch_size=30), os.path.join({tmp!r}, "bad"),
+      train.train_and_evaluate(tiny_train_config(batch_size=30), os.path.join({tmp!r}, "bad"),
                                   show_progress=False)
       out["indivisible"] = None
     except parallel.ShardingError as e:
       out["indivisible"] = str(e)
     out["bad_created"] = os.path.exists(os.path.join({tmp!r}, "bad"))
     # Evaluation splits its batches over the same mesh and matches a one-device evaluation.
-    from lgd_jax import evaluation
-    r = evaluation.restore(os.path.join({tmp!r}, "run{n}"))
-    batch = training.validation_batches(r.config, r.problem, training.PoseSource(), 64, 5, 64)[0]
+    from lgd_jax.eval import restore
+    r = restore.restore(os.path.join({tmp!r}, "run{n}"))
+    batch = build.validation_batches(r.config, r.problem, batches_.PoseSource(), 64, 5, 64)[0]
     sharded = parallel.shard_batch(batch, parallel.make_mesh())
-    m_sh, _ = training.eval_lgd(r.learner, r.variables, r.problem, sharded, 3)
+    m_sh, _ = scoring.eval_lgd(r.learner, r.variables, r.problem, sharded, 3)
     one = jax.devices()[0]
-    m_1, _ = training.eval_lgd(r.learner, jax.device_put(r.variables, one),
+    m_1, _ = scoring.eval_lgd(r.learner, jax.device_put(r.variables, one),
                                jax.device_put(r.problem, one), jax.device_put(batch, one), 3)
     out["eval"] = {{"param_devices": len(jax.tree.leaves(r.variables)[0].sharding.device_set),
                    "batch_devices": len(sharded.kp2d.sharding.device_set),
@@ -118,6 +120,7 @@ def test_four_devices_follow_one_device(runs_with_one_device):
   assert diff.max() <= PARAM_MAX_ATOL
 
 
+@pytest.mark.slow  # a training run in a 4-device child process: minutes on 2 cores
 def test_batch_must_divide_by_the_device_count(runs):
   _, out = runs
   msg = out["indivisible"]
@@ -125,6 +128,7 @@ def test_batch_must_divide_by_the_device_count(runs):
   assert not out["bad_created"]  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_evaluation_shards_the_same_way(runs):
   _, out = runs
   ev = out["eval"]

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from lgd_jax import evaluation, pretrained
+from lgd_jax import pretrained
+from lgd_jax.eval import restore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PEOPLE = 8
@@ -36,15 +37,16 @@ def test_packaged_model_loads_as_a_checkpoint():
   assert pretrained.PRETRAINED_PATH.exists(), "lgd_jax/pretrained/lgd_free.npz is missing"
   size_mb = pretrained.PRETRAINED_PATH.stat().st_size / 2**20
   assert size_mb < 8.0
-  r = evaluation.restore(None)
+  r = restore.restore(None)
   assert r.config.model.hidden > 0 and r.problem.kpset == r.config.keypoints
   config, variables, meta, path = pretrained.load()
   assert path == pretrained.PRETRAINED_PATH and "command" in meta
   assert config.to_dict() == r.config.to_dict()
 
 
+# Both run the command on 16 rendered people (about 1.5 minutes each on 2 cores): the slow run.
 @pytest.mark.parametrize("variant,pa_max,px_max", [
-    ("exact", PA_MPJPE_MM_MAX, MEDIAN_REPROJ_PX_MAX),
+    pytest.param("exact", PA_MPJPE_MM_MAX, MEDIAN_REPROJ_PX_MAX, marks=pytest.mark.slow),
     pytest.param("noisy", NOISY_PA_MPJPE_MM_MAX, None, marks=pytest.mark.slow)])
 def test_command_line_fits_rendered_detections(tmp_path, variant, pa_max, px_max):
   bench = _benchmark()

@@ -8,12 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fake_datasets import build_3dpw, keypoints, random_theta, write_regressor, write_spin_npz
 from scipy.spatial.transform import Rotation
 
-from fake_datasets import build_3dpw, keypoints, random_theta, write_regressor, write_spin_npz
-from lgd_jax import body, camera, evaluation, objective, protocols
+from lgd_jax import body
 from lgd_jax.body.keypoint_sets import COCO18_NAMES
 from lgd_jax.data import spin
+from lgd_jax.eval import protocols, restore
+from lgd_jax.fitting import objective
+from lgd_jax.geometry import camera
 
 ZERO_MM = 0.05  # float32 error of identical bodies, millimetres
 NUM_STEPS = 3  # fit length of the end-to-end runs
@@ -218,7 +221,7 @@ def test_tables_and_results_name_the_2d_input(tiny, tmp_path, name, with_part, i
 
 
 def _normalised(pix):
-  """The unit box of all points, computed independently of lgd_jax.camera."""
+  """The unit box of all points, computed independently of lgd_jax.geometry.camera."""
   lo, hi = pix.min(axis=-2, keepdims=True), pix.max(axis=-2, keepdims=True)
   return (pix - 0.5 * (lo + hi)) / (hi - lo).max(axis=-1, keepdims=True) + 0.5
 
@@ -258,7 +261,7 @@ def test_fit_translation_needs_intrinsics(tiny):
 
 @pytest.fixture(scope="module")
 def restored(tiny_checkpoint):
-  return evaluation.restore(tiny_checkpoint)
+  return restore.restore(tiny_checkpoint)
 
 
 def _zero_method(problem, kp2d, conf, num_steps):
@@ -333,5 +336,5 @@ def test_evaluate_mpi_end_to_end(restored, tmp_path):
 
 
 def test_evaluate_rejects_pass_through_specs():
-  with pytest.raises(protocols.ProtocolError, match="evaluation.evaluate"):
+  with pytest.raises(protocols.ProtocolError, match="heldout.evaluate"):
     protocols.evaluate_dataset(None, "amass:/d")

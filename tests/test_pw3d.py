@@ -7,10 +7,11 @@ import pickle
 import jax
 import numpy as np
 import pytest
-
 from fake_datasets import build_3dpw, forward, keypoints
-from lgd_jax import camera, objective
+
 from lgd_jax.data import pw3d
+from lgd_jax.fitting import objective
+from lgd_jax.geometry import camera
 
 NUM_FRAMES = 7
 GT_TOL_M = 2e-5  # float32 forward passes of the same body agree to this

@@ -1,4 +1,5 @@
-"""Rotation conversions: values against closed forms and SciPy-free references, gradients in float64."""
+"""Rotation conversions: values against closed forms and SciPy-free references, gradients in
+float64."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from lgd_jax import rotations
+from lgd_jax.geometry import rotations
 
 # float32 round-off on O(1) rotation entries.
 F32_TOL = 2e-6
@@ -72,7 +73,8 @@ def test_random_round_trips():
     q = rotations.matrix_to_quaternion(rot)
     np.testing.assert_allclose(rotations.quaternion_to_matrix(q), rot, atol=F64_TOL)
     # Orthonormal with determinant +1.
-    np.testing.assert_allclose(rot @ jnp.swapaxes(rot, -1, -2), np.broadcast_to(np.eye(3), rot.shape),
+    np.testing.assert_allclose(rot @ jnp.swapaxes(rot, -1, -2),
+                               np.broadcast_to(np.eye(3), rot.shape),
                                atol=F64_TOL)
     np.testing.assert_allclose(jnp.linalg.det(rot), 1.0, atol=F64_TOL)
 

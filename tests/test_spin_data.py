@@ -3,8 +3,8 @@ camera, the 2D input without ``part``, and one-line errors naming the file and k
 
 import numpy as np
 import pytest
-
 from fake_datasets import CAMERA_TO_WORLD, H36M17_TO_SPIN24, spin_arrays, write_spin_npz
+
 from lgd_jax.body.keypoint_sets import H36M17_NAMES
 from lgd_jax.data import spin
 

@@ -24,8 +24,11 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import torch_twin  # noqa: E402
 
-from lgd_jax import body, lgd, networks, objective, training  # noqa: E402
+from lgd_jax import body, build  # noqa: E402
 from lgd_jax.config import base_config  # noqa: E402
+from lgd_jax.data import batches  # noqa: E402
+from lgd_jax.fitting import lgd, networks, objective  # noqa: E402
+from lgd_jax.train import losses  # noqa: E402
 
 BATCH = 8
 NUM_STEPS = 2
@@ -87,9 +90,9 @@ def exact_batchnorm_variance(monkeypatch):
                       functools.partial(flax.linen.BatchNorm, use_fast_variance=False))
 
 
-def _batch(problem) -> training.Batch:
+def _batch(problem) -> batches.Batch:
   """Random poses (root turned about the vertical), shapes, their 2D keypoints, some dropped.
-  (Made here rather than by training.make_batch, whose sampler takes long to compile.)"""
+  (Made here rather than by batches.make_batch, whose sampler takes long to compile.)"""
   rng = np.random.default_rng(2)
   pose = rng.normal(0.0, 0.3, (BATCH, 72)).astype(np.float32)
   pose[:, :3] = rng.uniform(-np.pi, np.pi, (BATCH, 1)) * np.array([0.0, 1.0, 0.0], np.float32)
@@ -102,14 +105,14 @@ def _batch(problem) -> training.Batch:
     return kp3d, objective.to_2d(problem, kp3d, conf)
 
   kp3d, kp2d = render(problem, jnp.asarray(theta, jnp.float32), jnp.asarray(conf))
-  return training.Batch(jnp.asarray(theta, jnp.float32), kp3d, kp2d, jnp.asarray(conf))
+  return batches.Batch(jnp.asarray(theta, jnp.float32), kp3d, kp2d, jnp.asarray(conf))
 
 
 def _setup(model, variant: str):
   torch.manual_seed(0)
   config = _config(variant)
-  problem = training.make_problem(config, model)
-  learner = training.make_learner(config, problem)
+  problem = build.make_problem(config, model)
+  learner = build.make_learner(config, problem)
   variables = jax.jit(learner.init)(jax.random.PRNGKey(1), problem)
   # Non-trivial BatchNorm running statistics, so that inference mode is tested for real.
   variables = {"params": variables["params"],
@@ -163,13 +166,13 @@ def test_inference_trajectory_agrees(model, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_train_step_agrees(model, variant):
   config, problem, learner, variables, batch, twin = _setup(model, variant)
-  weights = training.loss_weights(config)
+  weights = losses.loss_weights(config)
 
   def loss_fn(params):
     traj, stats = lgd.fit(learner, {"params": params, "batch_stats": variables["batch_stats"]},
                           problem, batch.kp2d, batch.conf, NUM_STEPS, train=True,
                           rng=jax.random.PRNGKey(3))
-    loss, parts = training.training_loss(problem, traj, batch, weights)
+    loss, parts = losses.training_loss(problem, traj, batch, weights)
     return loss, (traj, stats, parts)
 
   (loss, (traj, stats, parts)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(

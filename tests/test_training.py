@@ -12,10 +12,13 @@ import chex
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_train_config
 
-from lgd_jax import checkpoints, evaluation, training
+from lgd_jax import build, checkpoints, train_state
+from lgd_jax.data import batches
+from lgd_jax.eval import heldout, reports, restore
+from lgd_jax.fitting import scoring
+from lgd_jax.train import loop, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,10 +36,10 @@ def model_path():
 
 @pytest.fixture(scope="module")
 def counted_train_step():
-  """A copy of training.train_step, compiled the same way, whose Python function may be traced
+  """A copy of steps.train_step, compiled the same way, whose Python function may be traced
   only once (chex raises on a second trace): the tiny run and the compile-once test use it."""
-  return jax.jit(chex.assert_max_traces(training.train_step.__wrapped__, n=1),
-                 **training.TRAIN_STEP_JIT)
+  return jax.jit(chex.assert_max_traces(steps.train_step.__wrapped__, n=1),
+                 **steps.TRAIN_STEP_JIT)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +47,8 @@ def trained(tmp_path_factory, model_path, counted_train_step):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(model_path)
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(training, "train_step", counted_train_step)
-    state = training.train_and_evaluate(config, workdir, show_progress=False)
+    patch.setattr(steps, "train_step", counted_train_step)
+    state = loop.train_and_evaluate(config, workdir, show_progress=False)
   return config, workdir, state
 
 
@@ -76,38 +79,38 @@ def test_tiny_run_lowers_the_loss_and_logs(trained):
 
 def test_restored_checkpoint_gives_identical_predictions(trained):
   config, workdir, state = trained
-  r = evaluation.restore(workdir)
+  r = restore.restore(workdir)
   assert r.step == 24
   assert r.config.to_dict() == config.to_dict()
   # The validation batches' shape and N reuse the programs the training run compiled.
-  source = training.synthetic_source(config, "test")
-  batch = training.validation_batches(config, r.problem, source, 32, 5, 32)[0]
+  source = build.synthetic_source(config, "test")
+  batch = build.validation_batches(config, r.problem, source, 32, 5, 32)[0]
   live = {"params": state.params, "batch_stats": state.batch_stats}
-  a, theta_a = training.eval_lgd(r.learner, live, r.problem, batch, 2)
-  b, theta_b = training.eval_lgd(r.learner, r.variables, r.problem, batch, 2)
+  a, theta_a = scoring.eval_lgd(r.learner, live, r.problem, batch, 2)
+  b, theta_b = scoring.eval_lgd(r.learner, r.variables, r.problem, batch, 2)
   np.testing.assert_array_equal(np.asarray(theta_a), np.asarray(theta_b))
   for k in a:
     np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
   # One checkpoint's directory works as well as the workdir.
-  r15 = evaluation.restore(os.path.join(workdir, "checkpoints", "20"))
+  r15 = restore.restore(os.path.join(workdir, "checkpoints", "20"))
   assert r15.step == 20
 
 
 def test_train_step_compiles_once(model_path, trained, counted_train_step, monkeypatch):
-  monkeypatch.setattr(training, "train_step", counted_train_step)  # traced by the run above
+  monkeypatch.setattr(steps, "train_step", counted_train_step)  # traced by the run above
   config = tiny_config(model_path)
-  model = training.load_body_model(config)
-  problem = training.make_problem(config, model)
-  learner = training.make_learner(config, problem)
-  tx = training.make_optimizer(config, config.steps_per_epoch)
-  state = training.init_state(learner, problem, tx, 0)
-  step = training.make_train_step(learner, config, config.steps_per_epoch)
-  before = training.train_step._cache_size()
+  model = build.load_body_model(config)
+  problem = build.make_problem(config, model)
+  learner = build.make_learner(config, problem)
+  tx = build.make_optimizer(config, config.steps_per_epoch)
+  state = train_state.init_state(learner, problem, tx, 0)
+  step = steps.make_train_step(learner, config, config.steps_per_epoch)
+  before = steps.train_step._cache_size()
   for i in range(3):
-    state, _ = step(state, problem, training.synthetic_source(config), jax.random.PRNGKey(i))
+    state, _ = step(state, problem, build.synthetic_source(config), jax.random.PRNGKey(i))
   # The same config reuses the program the training run compiled; new keys never retrace
   # (chex.assert_max_traces raises on a second trace of the step).
-  assert training.train_step._cache_size() == before == 1
+  assert steps.train_step._cache_size() == before == 1
   assert int(state.step) == 3
 
 
@@ -120,14 +123,14 @@ def test_logs_the_steps_learning_rate_and_training_throughput(tmp_path, monkeypa
   epoch of 3 steps), samples/s leaves a slow validation out, and the host passes the same key
   every step (the step folds in its own step number)."""
   config = tiny_train_config(num_epochs=2, steps_per_epoch=3, lr_decay=0.5)
-  validate = training.validate
+  validate = loop.validate
 
   def slow_validate(*args, **kwargs):
     time.sleep(VALIDATION_SLEEP_S)
     return validate(*args, **kwargs)
 
   keys = []
-  make_step = training.make_train_step
+  make_step = steps.make_train_step
 
   def recording_step(*args, **kwargs):
     step = make_step(*args, **kwargs)
@@ -137,9 +140,9 @@ def test_logs_the_steps_learning_rate_and_training_throughput(tmp_path, monkeypa
       return step(state, problem, source, key)
     return run
 
-  monkeypatch.setattr(training, "validate", slow_validate)
-  monkeypatch.setattr(training, "make_train_step", recording_step)
-  training.train_and_evaluate(config, str(tmp_path / "run"), show_progress=False)
+  monkeypatch.setattr(loop, "validate", slow_validate)
+  monkeypatch.setattr(steps, "make_train_step", recording_step)
+  loop.train_and_evaluate(config, str(tmp_path / "run"), show_progress=False)
   lines = {r["step"]: r for r in _metrics(tmp_path / "run")}
   assert sorted(lines) == list(range(1, 7)) and "val_pa_mpjpe_mm" in lines[3]
   # Steps 1-3 (updates 0-2) ran at the initial rate, steps 4-6 at half of it.
@@ -156,10 +159,10 @@ def test_logs_the_steps_learning_rate_and_training_throughput(tmp_path, monkeypa
 def test_resume_continues_to_the_same_parameters(tmp_path, model_path, trained):
   _, _, uninterrupted = trained
   workdir = str(tmp_path / "run")
-  first = training.train_and_evaluate(tiny_config(model_path, num_epochs=1), workdir,
+  first = loop.train_and_evaluate(tiny_config(model_path, num_epochs=1), workdir,
                                       show_progress=False)
   assert int(first.step) == 12
-  resumed = training.train_and_evaluate(tiny_config(model_path), workdir, show_progress=False)
+  resumed = loop.train_and_evaluate(tiny_config(model_path), workdir, show_progress=False)
   assert int(resumed.step) == 24
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                resumed.params, uninterrupted.params)
@@ -172,7 +175,7 @@ def test_resume_refuses_another_configs_state(tmp_path, model_path, trained):
   with pytest.raises(checkpoints.CheckpointError, match="model.hidden"):
     c = tiny_config(model_path)
     c.model.hidden = 128
-    training.train_and_evaluate(c, workdir, show_progress=False)
+    loop.train_and_evaluate(c, workdir, show_progress=False)
 
 
 @pytest.mark.slow
@@ -181,24 +184,24 @@ def test_evaluate_from_checkpoint(trained, tmp_path):
   # Steps = N and batches the size of training's validation batches reuse compiled programs.
   fits = str(tmp_path / "fits.png")
   # The line search and SMPLify-style rows are covered by tests/test_baselines.py.
-  results = evaluation.evaluate(workdir, num_steps=2, num_samples=32, batch_size=32,
+  results = heldout.evaluate(workdir, num_steps=2, num_samples=32, batch_size=32,
                                 log=lambda m: None, fits_png=fits, classical=False)
   assert os.path.getsize(fits) > 20_000
   # Without --data the held-out poses are the checkpoint's own test generator.
   assert results["dataset"] == f"synthetic-{config.test_poses}" and results["num_samples"] == 32
   assert set(results["methods"]) == {"lgd", "gd", "adam"}
   for vals in results["methods"].values():
-    assert set(vals) == set(evaluation.METRICS)
+    assert set(vals) == set(reports.METRICS)
     assert all(len(v) == 3 and np.isfinite(v).all() for v in vals.values())
   starts = {m: v["mpjpe_mm"][0] for m, v in results["methods"].items()}
   assert starts["gd"] == starts["adam"]  # both start from the zero pose
   out = str(tmp_path / "eval" / "results.json")
-  written = evaluation.write_results(results, out)
+  written = reports.write_results(results, out)
   with open(out) as f:
     assert json.load(f)["methods"]["lgd"]["pa_mpjpe_mm"] == results["methods"]["lgd"][
         "pa_mpjpe_mm"]
   assert os.path.getsize(written[1]) > 10_000
-  assert "lgd" in evaluation.table(results)
+  assert "lgd" in reports.table(results)
 
 
 def _run(*args, cwd=REPO):
@@ -232,20 +235,20 @@ def test_amass_directory_feeds_training_and_evaluation(tmp_path):
              mocap_framerate=np.array(60.0), dmpls=np.zeros((30, 8)))
   c = tiny_config("", amass_dir=str(tmp_path / "amass"), amass_cache=str(tmp_path / "c.npz"),
                   val_fraction=0.25)
-  train, val, steps_per_epoch = training.load_pose_data(c)
+  train, val, steps_per_epoch = build.load_pose_data(c)
   assert train.size + val.size == 12 * 15  # 60 fps -> 30 fps
   assert val.size > 0 and steps_per_epoch == train.size // c.batch_size
   assert train.poses.shape[1:] == (72,) and train.betas.shape[1:] == (10,)
   assert train.betas.shape[0] == int(train.seq.max()) + 1 < train.size  # one row per sequence
   np.testing.assert_array_equal(np.asarray(train.poses[:, 66:]), 0.0)  # SMPL-H hands dropped
-  for src in (training.with_epoch_order(train, 0, 0), val):
+  for src in (batches.with_epoch_order(train, 0, 0), val):
     pose, betas = jax.jit(src.sample, static_argnums=(1, 2))(jax.random.PRNGKey(0), 8, 10, 0)
     rows = np.asarray(src.poses)
     assert all(np.any(np.all(rows == p, axis=1)) for p in np.asarray(pose))
   c.amass_fps, c.amass_cache = 0.0, str(tmp_path / "all.npz")  # configs/official.py: every frame
-  train, val, _ = training.load_pose_data(c)
+  train, val, _ = build.load_pose_data(c)
   assert train.size + val.size == 12 * 30
   # evaluate.py's --data spec.
-  assert evaluation.parse_data(f"amass:{tmp_path}") == ("amass", str(tmp_path))
-  with pytest.raises(training.ConfigError, match="--data"):
-    evaluation.parse_data("h36m:/x")
+  assert heldout.parse_data(f"amass:{tmp_path}") == ("amass", str(tmp_path))
+  with pytest.raises(build.ConfigError, match="--data"):
+    heldout.parse_data("h36m:/x")

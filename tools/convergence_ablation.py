@@ -2,7 +2,8 @@
 and iterated 100 times on the same held-out samples, from the zero pose and from one learned step.
 
     python tools/convergence_ablation.py --variants published,robust,late --workdir runs/ablation
-    python tools/convergence_ablation.py --table docs/convergence_ablation.md --workdir runs/ablation
+    python tools/convergence_ablation.py --table docs/convergence_ablation.md \
+        --workdir runs/ablation
 
 Each variant trains in ``WORKDIR/<name>`` (a finished run is not retrained; an interrupted one
 resumes) and its learned curves are written to ``WORKDIR/<name>/ablation.json``: PA-MPJPE at
@@ -22,6 +23,9 @@ import os
 import platform
 import sys
 import time
+
+from lgd_jax.eval import restore
+from lgd_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -51,7 +55,7 @@ def machine() -> str:
 
 def train(name: str, workdir: str, config) -> float | None:
   """Trains (or resumes) a variant; the wall time of a complete run from scratch, else None."""
-  from lgd_jax import checkpoints, training
+  from lgd_jax import checkpoints
   total = int(config.steps_per_epoch) * int(config.num_epochs)
   try:
     _, step = checkpoints.locate(workdir)
@@ -60,13 +64,13 @@ def train(name: str, workdir: str, config) -> float | None:
   if step >= total:
     return None
   t0 = time.perf_counter()
-  training.train_and_evaluate(config, workdir, show_progress=False)
+  loop.train_and_evaluate(config, workdir, show_progress=False)
   return time.perf_counter() - t0 if step == 0 else None
 
 
 def evaluate(name: str, workdir: str, classical: bool, num_iters: int = 100) -> dict:
-  from lgd_jax import convergence, evaluation
-  restored = evaluation.restore(workdir)
+  from lgd_jax.eval import convergence
+  restored = restore.restore(workdir)
   methods = ("lgd", "gd", "gd_ls", "adam", "smplify") if classical else ("lgd",)
   summary = convergence.run(restored, os.path.join(workdir, "convergence"), num_iters=num_iters,
                             methods=methods, write_files=classical, overwrite=True,
@@ -93,7 +97,8 @@ def table(workdir: str, names) -> str:
     path = os.path.join(workdir, name, "ablation.json")
     if not os.path.exists(path):
       continue
-    res = json.load(open(path))
+    with open(path) as f:
+      res = json.load(f)
     meta = meta or res
     for start in ("zero", "one_step"):
       r = res["rows"][start]["lgd"]
@@ -118,7 +123,7 @@ def main(argv=None) -> int:
   p.add_argument("--classical", action="store_true", help="also the classical methods")
   p.add_argument("--table", default=None, help="write the Markdown table here and stop")
   args = p.parse_args(argv)
-  from lgd_jax import cli
+  from lgd_jax.commands import cli
   cli.quiet_logs()
   mod = _ablation_module()
   names = args.variants.split(",") if args.variants else list(mod.VARIANTS)
@@ -137,7 +142,8 @@ def main(argv=None) -> int:
     res["machine"] = machine()
     out = os.path.join(wd, "ablation.json")
     if seconds is None and os.path.exists(out):
-      res["train_s"] = json.load(open(out)).get("train_s")
+      with open(out) as f:
+        res["train_s"] = json.load(f).get("train_s")
     else:
       res["train_s"] = None if seconds is None else round(seconds)
     with open(out, "w") as f:

@@ -13,7 +13,7 @@ f = 1100 px (a person about 310 px tall). Three inputs, as a detector would deli
 * ``noisy``: 3 px Gaussian noise, confidences U(0.3, 1), 10 % of the joints missing;
 * ``swapped``: as noisy, and one limb's left and right keypoints swapped per person.
 
-Each is fitted through :func:`lgd_jax.detections.fit_file` (what ``evaluate.py --keypoints``
+Each is fitted through :func:`lgd_jax.eval.detections.fit_file` (what ``evaluate.py --keypoints``
 runs) in several settings (learned steps only, until converged, with the classical refinement)
 and scored: PA-MPJPE on the 24 SMPL joints and the median re-projection error in pixels. The
 SMPLify-style fit (the same refinement from the zero pose, after SPIN's orientation stage, with
@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from lgd_jax.eval import detections, restore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -58,8 +60,9 @@ def make_frames(out_dir: str | os.PathLike, num_people: int = 48, seed: int = 0,
   import jax
   import jax.numpy as jnp
 
-  from lgd_jax import body, rotations
+  from lgd_jax import body
   from lgd_jax.data import pose_sources
+  from lgd_jax.geometry import rotations
 
   model = body.load_model() if model is None else model
   out = Path(out_dir)
@@ -160,10 +163,9 @@ GMOF_LABEL = "learned + refinement, Geman-McClure"
 
 def run(ckpt: str | None, out_dir: str, num_people: int = 48, seed: int = 0, settings=None,
         smplify: bool = True, log=print) -> dict:
-  from lgd_jax import detections, evaluation
-  from lgd_jax.cli import quiet_logs
+  from lgd_jax.commands.cli import quiet_logs
   quiet_logs()
-  restored = evaluation.restore(ckpt)
+  restored = restore.restore(ckpt)
   out = Path(out_dir)
   images = out / "images"
   make_images(images, num_people)
@@ -197,7 +199,7 @@ def run(ckpt: str | None, out_dir: str, num_people: int = 48, seed: int = 0, set
 def smplify_row(restored, frames, fits, truth, images, budget_s):
   """The SMPLify-style fit from the zero pose: SPIN's orientation stage (best of 8 turns) and
   the camera-frame refinement with priors and no learned anchor, given ``budget_s`` seconds."""
-  from lgd_jax import detections, refine
+  from lgd_jax.fitting import refine
   weights = refine.DEFAULT_WEIGHTS._replace(stay=0.0)
   base = dict(num_steps=1, refine_steps=20, refine_weights=weights, overwrite=True, log=None,
               draw=False, images=images, start="zero")
@@ -236,7 +238,7 @@ def main(argv=None) -> int:
   t0 = time.perf_counter()
   settings = dict(SETTINGS)
   if args.sigma > 0:
-    from lgd_jax import refine
+    from lgd_jax.fitting import refine
     settings[f"{GMOF_LABEL} (σ = {args.sigma:g})"] = dict(
         refine_weights=refine.DEFAULT_WEIGHTS._replace(sigma=args.sigma))
   results = run(args.ckpt, args.out_dir, args.num_people, args.seed, settings=settings,

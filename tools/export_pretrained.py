@@ -15,6 +15,8 @@ import os
 import platform
 import sys
 
+from lgd_jax.eval import restore
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -30,13 +32,15 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   import jax
 
-  from lgd_jax import evaluation, parallel, pretrained
-  r = evaluation.restore(args.ckpt)
+  from lgd_jax import parallel, pretrained
+  r = restore.restore(args.ckpt)
   variables = jax.tree.map(lambda a: parallel.to_host(a), r.variables)
   workdir = args.ckpt if os.path.isdir(os.path.join(args.ckpt, "checkpoints")) else None
   last_val = None
   if workdir and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-    for line in open(os.path.join(workdir, "metrics.jsonl")):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      lines = f.readlines()
+    for line in lines:
       rec = json.loads(line)
       if "val_pa_mpjpe_mm" in rec:
         last_val = {k: v for k, v in rec.items() if k.startswith("val_") or k == "step"}

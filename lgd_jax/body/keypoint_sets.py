@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -122,7 +122,7 @@ def regressor_keypoint_set(path: str | os.PathLike, name: str = "h36m17",
   return KeypointSet(name, tuple(names), reg.astype(np.float64))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _default_h36m17() -> KeypointSet:
   return regressor_keypoint_set(DEFAULT_H36M_REGRESSOR)
 

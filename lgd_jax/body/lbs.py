@@ -2,7 +2,7 @@
 
 All functions take per-sample or batched inputs: any leading batch dimensions are carried through,
 and ``vmap`` over them works too. Their products run at full float32 precision whatever
-``jax_default_matmul_precision`` says (:func:`lgd_jax.numerics.full_precision`).
+``jax_default_matmul_precision`` says (:func:`lgd_jax.geometry.numerics.full_precision`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from lgd_jax import rotations
 from lgd_jax.body import keypoint_sets
 from lgd_jax.body.model import BodyModel
-from lgd_jax.numerics import full_precision
+from lgd_jax.geometry import rotations
+from lgd_jax.geometry.numerics import full_precision
 
 
 class BodyOutput(NamedTuple):

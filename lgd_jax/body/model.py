@@ -6,7 +6,7 @@ metadata, so a model can be passed straight into ``jit``/``vmap``/``grad``-trans
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.struct
 import jax.numpy as jnp

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from lgd_jax.body.model import (NUM_JOINTS, SMPL_LANDMARKS, SMPL_NUM_VERTS, SMPL_PARENTS,
-                                BodyModel, make_model)
+from lgd_jax.body.model import (
+  NUM_JOINTS,
+  SMPL_LANDMARKS,
+  SMPL_NUM_VERTS,
+  SMPL_PARENTS,
+  BodyModel,
+  make_model,
+)
 
 # A T-pose skeleton of about 1.75 m, pelvis at the origin.
 REST_JOINTS = np.array([

@@ -7,7 +7,8 @@
 relative to the current directory); --config.key=value overrides one field. Running the same
 command again resumes from the latest good checkpoint in the workdir, bit-identically to an
 uninterrupted run on the CPU (on a GPU only with --deterministic on every run; see
-lgd_jax.numerics); SIGINT (Ctrl-C) or SIGTERM saves a checkpoint first. The batch is split over
+lgd_jax.geometry.numerics); SIGINT (Ctrl-C) or SIGTERM saves a checkpoint first. The batch is
+split over
 every local device (--config.num_devices); several processes join with --coordinator_address/
 --num_processes/--process_id or the matching JAX_* environment variables (SLURM is detected by
 JAX).
@@ -19,6 +20,8 @@ import traceback
 
 from absl import flags
 from ml_collections import config_flags
+
+from lgd_jax.train import loop
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "A config file (configs/*.py).",
                                 lock_config=True)
@@ -79,18 +82,19 @@ def main(argv=None) -> int:
     return 2
   if FLAGS.deterministic:
     # Before anything below initialises JAX's backends: XLA reads XLA_FLAGS only then.
-    from lgd_jax import numerics
+    from lgd_jax.geometry import numerics
     try:
       numerics.enable_gpu_determinism()
     except RuntimeError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
-  from lgd_jax import cli, parallel, training
+  from lgd_jax import parallel
+  from lgd_jax.commands import cli
 
   def run():
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
-    training.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.progress)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.progress)
 
   return cli.run(run, FLAGS.debug)
 

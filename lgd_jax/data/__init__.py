@@ -6,10 +6,22 @@
 """
 
 from lgd_jax.data import amass, synthetic
-from lgd_jax.data.amass import (AmassError, find_sequences, load_or_preprocess, load_preprocessed,
-                                load_sequence, preprocess, split_of)
-from lgd_jax.data.synthetic import (JOINT_LIMITS_DEG, KEYFRAMES, sample_betas, sample_euler,
-                                    sample_poses)
+from lgd_jax.data.amass import (
+                                AmassError,
+                                find_sequences,
+                                load_or_preprocess,
+                                load_preprocessed,
+                                load_sequence,
+                                preprocess,
+                                split_of,
+)
+from lgd_jax.data.synthetic import (
+                                JOINT_LIMITS_DEG,
+                                KEYFRAMES,
+                                sample_betas,
+                                sample_euler,
+                                sample_poses,
+)
 
 __all__ = [
     "AmassError", "JOINT_LIMITS_DEG", "KEYFRAMES", "amass", "find_sequences",

@@ -9,7 +9,8 @@ A 2D pose detector's output differs from a perfect rendering in five ways, each 
   as much, as a detector's unsure joints are its imprecise ones.
 * ``score_jitter``: detector scores instead of 0/1: that fraction of the visible joints is scored
   U(0, 2 · 0.01) (about half of them fall below the official threshold and go missing), the
-  others U(0.05, 1). The official test-time rule (:func:`lgd_jax.objective.observe`) is applied
+  others U(0.05, 1). The official test-time rule (:func:`lgd_jax.fitting.objective.observe`) is
+  applied
   after it, exactly as on real detections.
 * ``swap_prob``: per sample, the probability that one left/right pair of limbs (arms, legs,
   eyes and ears, or feet) trades places: the classic detector error on turned bodies.
@@ -27,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgd_jax import body, camera
+from lgd_jax import body
+from lgd_jax.geometry import camera
 
 LOW_SCORE = (0.0, 2 * camera.CONFIDENCE_THRESHOLD)
 HIGH_SCORE = (0.05, 1.0)
@@ -124,7 +126,7 @@ def corrupt(key, pix: jnp.ndarray, conf: jnp.ndarray, kpset: str, s: DetectorSet
 
   Returns:
     (pix (B, K, 2), scores (B, K)): detector-like keypoints and raw scores (0 = missing);
-    apply :func:`lgd_jax.objective.observe` to get the fit's input.
+    apply :func:`lgd_jax.fitting.objective.observe` to get the fit's input.
   """
   if not s.enabled:
     return pix, conf

@@ -49,10 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgd_jax import rotations
 from lgd_jax.body.model import JOINT_NAMES, NUM_JOINTS
 from lgd_jax.data import synthetic
 from lgd_jax.data.synthetic import JOINT_LIMITS_DEG, _both
+from lgd_jax.geometry import rotations
 
 _INDEX = {name: i for i, name in enumerate(JOINT_NAMES)}
 _RELAXED = {**_both("shoulder", (0, 0, -75)), **_both("elbow", (0, -10, 0))}

@@ -1,26 +1,14 @@
 """3DPW ("3D Poses in the Wild", von Marcard et al., ECCV 2018) as fitting inputs and ground truth.
 
-The data set's ``sequenceFiles/{train,validation,test}/*.pkl`` are Python 2 pickles (read with
-``encoding='latin1'``), one dict per sequence with one list entry per actor (one or two):
-
-    sequence        str                  the sequence name
-    genders         [str]                'm' or 'f' per actor (the readme calls it "gender")
-    poses           [(F, 72)]            SMPL pose per image frame, world frame
-    betas           [(10,)]              SMPL shape per actor
-    trans           [(F, 3)]             root translation, world frame
-    jointPositions  [(F, 72)]            the 24 SMPL joints, world frame
-    poses2d         [(F, 3, 18)]         OpenPose COCO-18 detections: x, y (pixels), confidence
-    campose_valid   [(F,)]               whether the camera pose of the frame is aligned
-    cam_poses       (F, 4, 4)            world-to-camera extrinsics per frame
-    cam_intrinsics  (3, 3)               K
-    img_frame_ids, poses_60Hz, trans_60Hz, betas_clothed, v_template_clothed, texture_maps, ...
-
-As in SPIN's and the official LGD preprocessing, only frames with ``campose_valid`` are used and the
-global orientation is taken to the camera frame, R_cam @ R_root. This module then expresses the
-body in the frame our fits predict in: the official camera (:func:`lgd_jax.camera.official_camera`)
-looks down -z with +y up, so a camera-frame point (x right, y down, z forward) is the world point
-diag(1, -1, -1) (x, y, z) up to a translation. Ground truth comes from the user's gendered SMPL
-files; every 3D quantity is returned centred on the SMPL pelvis, so translations never matter.
+The data set's ``sequenceFiles/{train,validation,test}/*.pkl`` hold one sequence each (the keys
+are listed in :mod:`lgd_jax.data.pw3d_sequence`, which reads and validates them). As in SPIN's and
+the official LGD preprocessing, only frames with ``campose_valid`` are used and the global
+orientation is taken to the camera frame, R_cam @ R_root. This module then expresses the body in
+the frame our fits predict in: the official camera
+(:func:`lgd_jax.geometry.camera.official_camera`) looks down -z with +y up, so a camera-frame
+point (x right, y down, z forward) is the world point diag(1, -1, -1) (x, y, z) up to a
+translation. Ground truth comes from the user's gendered SMPL files; every 3D quantity is
+returned centred on the SMPL pelvis, so translations never matter.
 
     data = pw3d.load("/data/3DPW", split="test")     # needs SMPL_MALE / SMPL_FEMALE models
     data.kp2d, data.conf                            # (N, 18, 2) pixels, (N, 18) confidences
@@ -41,13 +29,25 @@ import jax
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from lgd_jax import body, safe_pickle
-from lgd_jax.body.io import SMPL_URL
+from lgd_jax import body
 from lgd_jax.body.keypoint_sets import COCO18_NAMES
+from lgd_jax.body.model_files import SMPL_URL
+from lgd_jax.data.pw3d_sequence import (
+                                        GENDERS,
+                                        NUM_BETAS,
+                                        NUM_JOINTS2D,
+                                        Pw3dError,
+                                        read_sequence,
+)
+
+__all__ = [
+    "CAMERA_TO_WORLD", "DEFAULT_SMPL_DIR", "GENDERS", "NUM_BETAS", "NUM_JOINTS2D",
+    "REGRESSOR_NAME", "SMPL_DIR_ENV", "SPIN_URL", "SPLITS", "Pw3dData", "Pw3dError", "load",
+    "load_models", "missing_regressor_message", "model_path", "read_sequence", "regressor_path",
+    "sequence_files", "smpl_dir", "smpl_points",
+]
 
 SPLITS = ("train", "validation", "test")
-NUM_BETAS = 10
-NUM_JOINTS2D = 18
 # Our world frame from a camera frame (x right, y down, z forward), up to a translation.
 CAMERA_TO_WORLD = np.diag([1.0, -1.0, -1.0])
 # Where users put SMPL (third_party/README.md); LGD_JAX_SMPL_DIR overrides it.
@@ -55,7 +55,6 @@ DEFAULT_SMPL_DIR = Path(__file__).resolve().parents[2] / "third_party" / "smpl"
 SMPL_DIR_ENV = "LGD_JAX_SMPL_DIR"
 REGRESSOR_NAME = "J_regressor_h36m.npy"
 SPIN_URL = "https://github.com/nkolot/SPIN (fetch_data.sh)"
-GENDERS = {"m": "male", "male": "male", "f": "female", "female": "female"}
 # File names of the gendered models, smplx's first, lower-cased (the search ignores case).
 _MODEL_NAMES = {
     g: tuple(f"{stem}{ext}" for stem in (f"smpl_{g}", f"basicmodel_{tag}_lbs_10_207_0_v1.1.0",
@@ -63,16 +62,6 @@ _MODEL_NAMES = {
              for ext in (".pkl", ".npz"))
     for g, tag in (("male", "m"), ("female", "f"), ("neutral", "neutral"))}
 _CHUNK = 4096  # frames per jitted ground-truth call
-# cam_poses rotations must be orthonormal to this tolerance.
-_ROTATION_TOL = 1e-3
-
-
-class Pw3dError(ValueError):
-  """A 3DPW file, or an SMPL file it needs, that cannot be used; the message is one line."""
-
-
-def _error(source, message: str) -> Pw3dError:
-  return Pw3dError(" ".join(f"{source}: {message}".split()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,9 +103,9 @@ def model_path(gender: str, directory: str | os.PathLike | None = None) -> Path:
   if found is None:
     smplx = f"SMPL_{gender.upper()}.pkl"
     official = _MODEL_NAMES[gender][2]
-    raise _error(folder, f"no {gender} SMPL model ({smplx}, {official} or an .npz conversion); "
-                 f"download SMPL from {SMPL_URL} and put {smplx} in {folder} (or set "
-                 f"{SMPL_DIR_ENV})")
+    raise Pw3dError.at(folder, f"no {gender} SMPL model ({smplx}, {official} or an .npz "
+                       f"conversion); download SMPL from {SMPL_URL} and put {smplx} in {folder} "
+                       f"(or set {SMPL_DIR_ENV})")
   return found
 
 
@@ -126,169 +115,11 @@ def regressor_path(directory: str | os.PathLike | None = None) -> Path | None:
 
 
 def missing_regressor_message(directory: str | os.PathLike | None = None) -> str:
+  """The one-line error for a missing ``J_regressor_h36m.npy``: what to download, where to."""
   folder = smpl_dir(directory)
   return (f"{folder / REGRESSOR_NAME}: no such file; the 14- and 17-joint protocols need SPIN's "
           f"Human3.6M joint regressor: download it with SPIN's data ({SPIN_URL}) and put "
           f"{REGRESSOR_NAME} in {folder} (or set {SMPL_DIR_ENV})")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the pickles without running their code.
-# ---------------------------------------------------------------------------------------------
-
-
-def _read_pickle(source: str) -> dict:
-  try:
-    # Classes besides NumPy's (chumpy in v_template_clothed, ...) become inert stand-ins: keys
-    # holding one are unusable, and nothing the pickle names runs.
-    data = safe_pickle.load(source, stubs=safe_pickle.stub_all)
-  except OSError as e:
-    raise _error(source, f"cannot be read ({type(e).__name__}: {e.strerror or e}), expected a "
-                 "3DPW sequence .pkl") from None
-  except Exception as e:  # noqa: BLE001  Any unpickling failure: a corrupt or foreign file.
-    raise _error(source, f"not a readable pickle ({type(e).__name__}: {e}), expected a 3DPW "
-                 "sequence file (a latin1 pickle of a dict)") from None
-  if not isinstance(data, dict):
-    raise _error(source, f"holds a {type(data).__name__}, expected a dict with the 3DPW keys "
-                 "(sequence, genders, poses, betas, poses2d, campose_valid, cam_poses, ...)")
-  return data
-
-
-# ---------------------------------------------------------------------------------------------
-# Validating one sequence.
-# ---------------------------------------------------------------------------------------------
-
-
-def _get(data: dict, source: str, *keys: str):
-  for key in keys:
-    if key in data:
-      return data[key]
-  raise _error(source, f"missing key '{keys[0]}', expected a 3DPW sequence dict (keys present: "
-               f"{', '.join(sorted(map(str, data)))})")
-
-
-def _array(value, source: str, key: str, shape: tuple, what: str) -> np.ndarray:
-  """A float64 array of ``shape`` (None = any size); NaN/Inf are errors."""
-  if isinstance(value, safe_pickle.Stub):
-    raise _error(source, f"key '{key}' holds a pickled {value.qualname} object, expected {what}")
-  try:
-    arr = np.asarray(value, dtype=np.float64)
-  except (TypeError, ValueError) as e:
-    raise _error(source, f"key '{key}' is not numeric ({e}), expected {what}") from None
-  if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
-    raise _error(source, f"key '{key}' has shape {arr.shape}, expected {what}")
-  if not np.all(np.isfinite(arr)):
-    raise _error(source, f"key '{key}' holds NaN or Inf, expected finite {what}")
-  return arr
-
-
-def _per_actor(data: dict, source: str, key: str, num_actors: int, *aliases: str) -> list:
-  value = _get(data, source, key, *aliases)
-  if isinstance(value, np.ndarray) and value.dtype != object:
-    value = list(value)
-  if not isinstance(value, (list, tuple)) or len(value) != num_actors:
-    n = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
-    raise _error(source, f"key '{key}' holds {n} entries, expected a list with one entry per "
-                 f"actor ({num_actors}, as in 'poses')")
-  return list(value)
-
-
-def _gender(value, source: str, actor: int) -> str:
-  if isinstance(value, bytes):
-    value = value.decode("latin1")
-  if isinstance(value, np.ndarray) and value.ndim == 0:
-    value = value.item()
-  gender = GENDERS.get(str(value).strip().lower()) if isinstance(value, str) else None
-  if gender is None:
-    raise _error(source, f"key 'genders' entry {actor} is {value!r}, expected 'm' or 'f'")
-  return gender
-
-
-def _rotations(cam_poses: np.ndarray, source: str) -> np.ndarray:
-  rot = cam_poses[:, :3, :3]
-  err = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max(axis=(-2, -1))
-  det = np.linalg.det(rot)
-  bad = np.flatnonzero((err > _ROTATION_TOL) | (det < 0))
-  if bad.size:
-    raise _error(source, f"key 'cam_poses' frame {int(bad[0])} has no rotation in its top-left "
-                 "3x3 block, expected rigid world-to-camera 4x4 matrices")
-  return rot
-
-
-def read_sequence(path: str | os.PathLike) -> dict:
-  """The valid frames of one 3DPW sequence file, per actor concatenated.
-
-  Returns:
-    A dict of NumPy arrays over the valid frames of all actors (actor-major, frame order):
-    ``kp2d`` (n, 18, 2) pixels, ``conf`` (n, 18), ``pose`` (n, 72) with the global orientation in
-    the camera frame (R_cam R_root, as SPIN), ``betas`` (n, 10), ``gender`` (n,) "male"/"female",
-    ``joint_positions`` (n, 24, 3) the file's joints in the camera frame or None, ``intrinsics``
-    (3, 3) or None, ``actor`` (n,), ``frame`` (n,) image frame index, ``sequence`` str.
-
-  Raises:
-    Pw3dError: the file is not a readable 3DPW sequence (the message names the key).
-  """
-  source = os.fspath(path)
-  data = _read_pickle(source)
-  sequence = _get(data, source, "sequence")
-  sequence = sequence.decode("latin1") if isinstance(sequence, bytes) else str(sequence)
-  poses = _get(data, source, "poses")
-  if not isinstance(poses, (list, tuple)) or not poses:
-    raise _error(source, f"key 'poses' holds {type(poses).__name__}, expected a non-empty list "
-                 "of (F, 72) SMPL poses, one per actor")
-  num_actors = len(poses)
-  poses = [_array(p, source, "poses", (None, 72), "(F, 72) SMPL poses per actor") for p in poses]
-  num_frames = poses[0].shape[0]
-  if any(p.shape[0] != num_frames for p in poses):
-    raise _error(source, f"key 'poses' has actors with {[p.shape[0] for p in poses]} frames, "
-                 "expected the same number of frames for every actor")
-  genders = [_gender(g, source, i) for i, g in
-             enumerate(_per_actor(data, source, "genders", num_actors, "gender"))]
-  betas = [_array(b, source, "betas", (None,), "(10,) SMPL betas per actor")
-           for b in _per_actor(data, source, "betas", num_actors)]
-  for b in betas:
-    if b.size < NUM_BETAS:
-      raise _error(source, f"key 'betas' has {b.size} values, expected at least {NUM_BETAS}")
-  poses2d = [_array(p, source, "poses2d", (num_frames, 3, NUM_JOINTS2D),
-                    f"({num_frames}, 3, {NUM_JOINTS2D}) OpenPose x, y, confidence per actor")
-             for p in _per_actor(data, source, "poses2d", num_actors, "poses2D")]
-  valid = [_array(v, source, "campose_valid", (num_frames,), f"({num_frames},) booleans per "
-                  "actor") != 0 for v in _per_actor(data, source, "campose_valid", num_actors)]
-  cam_poses = _array(_get(data, source, "cam_poses"), source, "cam_poses", (num_frames, 4, 4),
-                     f"({num_frames}, 4, 4) world-to-camera matrices")
-  cam_rot = _rotations(cam_poses, source)
-  joint_positions = None
-  if "jointPositions" in data:
-    joint_positions = [_array(j, source, "jointPositions", (num_frames, 72),
-                              f"({num_frames}, 72) joint positions per actor")
-                       for j in _per_actor(data, source, "jointPositions", num_actors)]
-  intrinsics = None
-  if "cam_intrinsics" in data:
-    intrinsics = _array(data["cam_intrinsics"], source, "cam_intrinsics", (3, 3),
-                        "the (3, 3) camera matrix K")
-
-  out = {k: [] for k in ("kp2d", "conf", "pose", "betas", "gender", "joint_positions", "actor",
-                         "frame")}
-  for a in range(num_actors):
-    idx = np.flatnonzero(valid[a])
-    pose = poses[a][idx].copy()
-    root = Rotation.from_rotvec(pose[:, :3]).as_matrix()
-    pose[:, :3] = Rotation.from_matrix(cam_rot[idx] @ root).as_rotvec()
-    out["pose"].append(pose)
-    out["betas"].append(np.tile(betas[a][:NUM_BETAS], (idx.size, 1)))
-    out["gender"].append(np.full(idx.size, genders[a]))
-    out["kp2d"].append(np.swapaxes(poses2d[a][idx, :2], 1, 2))
-    out["conf"].append(poses2d[a][idx, 2])
-    if joint_positions is not None:
-      joints = joint_positions[a][idx].reshape(-1, 24, 3)
-      out["joint_positions"].append(np.einsum("fij,fkj->fki", cam_rot[idx], joints))
-    out["actor"].append(np.full(idx.size, a))
-    out["frame"].append(idx)
-  result = {k: np.concatenate(v) for k, v in out.items() if v}
-  result["joint_positions"] = result.get("joint_positions")
-  result["intrinsics"] = intrinsics
-  result["sequence"] = sequence
-  return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,18 +183,18 @@ def sequence_files(path: str | os.PathLike, split: str = "test") -> list[str]:
   p = Path(path)
   if p.is_file():
     if p.suffix.lower() != ".pkl":
-      raise _error(p, "is not a .pkl file, expected a 3DPW root directory, its sequenceFiles/ "
-                   "or a sequence .pkl")
+      raise Pw3dError.at(p, "is not a .pkl file, expected a 3DPW root directory, its "
+                         "sequenceFiles/ or a sequence .pkl")
     return [str(p)]
   if not p.is_dir():
-    raise _error(p, "no such file or directory, expected the 3DPW root (holding "
-                 "sequenceFiles/), a sequenceFiles/<split> directory or a sequence .pkl")
+    raise Pw3dError.at(p, "no such file or directory, expected the 3DPW root (holding "
+                       "sequenceFiles/), a sequenceFiles/<split> directory or a sequence .pkl")
   for candidate in (p / "sequenceFiles" / split, p / split, p):
     files = sorted(str(f) for f in candidate.glob("*.pkl")) if candidate.is_dir() else []
     if files:
       return files
-  raise _error(p, f"no 3DPW sequence files, expected {p / 'sequenceFiles' / split}/*.pkl (or a "
-               "directory of .pkl files)")
+  raise Pw3dError.at(p, f"no 3DPW sequence files, expected {p / 'sequenceFiles' / split}/*.pkl (or "
+                     "a directory of .pkl files)")
 
 
 @functools.partial(jax.jit, static_argnames=("with_vertices",))
@@ -409,6 +240,26 @@ def load_models(genders, directory: str | os.PathLike | None = None) -> dict:
   return models
 
 
+def _ground_truth(models: dict, gender: np.ndarray, pose: np.ndarray, betas: np.ndarray,
+                  with_vertices: bool):
+  """Pelvis-centred joints (N, 24, 3) and, if asked, vertices (N, V, 3) of each row's gendered
+  model (else None)."""
+  joints = np.zeros((pose.shape[0], 24, 3), np.float32)
+  vertices = None
+  for g in sorted(set(gender)):
+    idx = np.flatnonzero(gender == g)
+    j, v = smpl_points(models[g], pose[idx], betas[idx], with_vertices)
+    joints[idx] = j
+    if with_vertices:
+      if vertices is None:
+        vertices = np.zeros((pose.shape[0],) + v.shape[1:], np.float32)
+      if v.shape[1:] != vertices.shape[1:]:
+        raise Pw3dError(f"the male and female SMPL models have different vertex counts "
+                        f"({vertices.shape[1]} and {v.shape[1]}), expected the same mesh")
+      vertices[idx] = v
+  return joints, vertices
+
+
 def load(path: str | os.PathLike, split: str = "test", smpl_dir: str | os.PathLike | None = None,
          with_vertices: bool = False, models: dict | None = None) -> Pw3dData:
   """Reads a 3DPW split and computes its ground truth with the gendered SMPL models.
@@ -433,8 +284,8 @@ def load(path: str | os.PathLike, split: str = "test", smpl_dir: str | os.PathLi
   parts = [read_sequence(f) for f in files]
   parts = [p for p in parts if p["pose"].shape[0]]
   if not parts:
-    raise _error(path, "no valid frames (campose_valid is false everywhere), expected at least "
-                 "one frame with an aligned camera pose")
+    raise Pw3dError.at(path, "no valid frames (campose_valid is false everywhere), expected at "
+                       "least one frame with an aligned camera pose")
   gender = np.concatenate([p["gender"] for p in parts])
   if models is None:
     models = load_models(gender, smpl_dir)
@@ -446,19 +297,7 @@ def load(path: str | os.PathLike, split: str = "test", smpl_dir: str | os.PathLi
   pose[:, :3] = Rotation.from_matrix(CAMERA_TO_WORLD @ Rotation.from_rotvec(
       pose[:, :3]).as_matrix()).as_rotvec()
   betas = np.concatenate([p["betas"] for p in parts])
-  joints = np.zeros((pose.shape[0], 24, 3), np.float32)
-  vertices = None
-  for g in sorted(set(gender)):
-    idx = np.flatnonzero(gender == g)
-    j, v = smpl_points(models[g], pose[idx], betas[idx], with_vertices)
-    joints[idx] = j
-    if with_vertices:
-      if vertices is None:
-        vertices = np.zeros((pose.shape[0],) + v.shape[1:], np.float32)
-      if v.shape[1:] != vertices.shape[1:]:
-        raise Pw3dError(f"the male and female SMPL models have different vertex counts "
-                        f"({vertices.shape[1]} and {v.shape[1]}), expected the same mesh")
-      vertices[idx] = v
+  joints, vertices = _ground_truth(models, gender, pose, betas, with_vertices)
   joint_positions = None
   if all(p["joint_positions"] is not None for p in parts):
     jp = CAMERA_TO_WORLD @ np.concatenate([p["joint_positions"] for p in parts])[..., None]

@@ -36,6 +36,7 @@ import zipfile
 import numpy as np
 
 from lgd_jax.body.keypoint_sets import H36M_TO_J14
+from lgd_jax.errors import UserError
 
 # SPIN's 24 ground-truth joints (constants.JOINT_NAMES[25:]), under our keypoint names.
 SPIN24_NAMES = (
@@ -48,7 +49,7 @@ PELVIS = SPIN24_NAMES.index("pelvis")
 H36M_TO_J17 = (6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10, 0, 7, 9)
 J24_TO_J17 = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 18, 14, 16, 17)
 J24_TO_J14 = J24_TO_J17[:14]
-assert H36M_TO_J14 == H36M_TO_J17[:14]
+assert H36M_TO_J17[:14] == H36M_TO_J14
 # Other keypoint names a SPIN joint stands for when the first is missing, for the 2D input.
 KEYPOINT_ALIASES = {"mid_hip": ("pelvis",), "neck": ("neck", "thorax")}
 
@@ -61,12 +62,8 @@ NOMINAL_DEPTH_M = 5.0
 CAMERA_TO_WORLD = np.diag([1.0, -1.0, -1.0])
 
 
-class SpinDataError(ValueError):
+class SpinDataError(UserError):
   """A SPIN-format .npz that cannot be used; the message is one line naming file and key."""
-
-
-def _error(source, message: str) -> SpinDataError:
-  return SpinDataError(" ".join(f"{source}: {message}".split()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,18 +101,18 @@ class SpinData:
 
 def _open(source: str):
   if not os.path.exists(source):
-    raise _error(source, "no such file, expected SPIN's preprocessed .npz (e.g. "
-                 "h36m_valid_protocol2.npz or mpi_inf_3dhp_valid.npz)")
+    raise SpinDataError.at(source, "no such file, expected SPIN's preprocessed .npz (e.g. "
+                           "h36m_valid_protocol2.npz or mpi_inf_3dhp_valid.npz)")
   if os.path.isdir(source):
-    raise _error(source, "is a directory, expected SPIN's preprocessed .npz file")
+    raise SpinDataError.at(source, "is a directory, expected SPIN's preprocessed .npz file")
   try:
     archive = np.load(source, allow_pickle=False)
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise _error(source, f"cannot be read as an .npz archive ({type(e).__name__}: {e}), expected "
-                 "SPIN's preprocessed .npz") from None
+    raise SpinDataError.at(source, f"cannot be read as an .npz archive ({type(e).__name__}: {e}), "
+                           "expected SPIN's preprocessed .npz") from None
   if not isinstance(archive, np.lib.npyio.NpzFile):
-    raise _error(source, "holds a single array, expected an .npz archive with keys imgname, S, "
-                 "part, ...")
+    raise SpinDataError.at(source, "holds a single array, expected an .npz archive with keys "
+                           "imgname, S, part, ...")
   return archive
 
 
@@ -123,18 +120,18 @@ def _read(archive, source: str, key: str, shape: tuple, what: str) -> np.ndarray
   try:
     arr = archive[key]
   except KeyError:
-    raise _error(source, f"missing key '{key}', expected {what} (keys present: "
-                 f"{', '.join(sorted(archive.files))})") from None
+    raise SpinDataError.at(source, f"missing key '{key}', expected {what} (keys present: "
+                           f"{', '.join(sorted(archive.files))})") from None
   except Exception as e:  # noqa: BLE001  zip/zlib/format errors of a damaged member.
-    raise _error(source, f"key '{key}' cannot be read ({type(e).__name__}: {e}), expected "
-                 f"{what}") from None
+    raise SpinDataError.at(source, f"key '{key}' cannot be read ({type(e).__name__}: {e}), "
+                           f"expected {what}") from None
   if arr.dtype.kind not in "iuf" or arr.ndim != len(shape) or any(
       s is not None and s != a for s, a in zip(shape, arr.shape)):
-    raise _error(source, f"key '{key}' has shape {arr.shape} and dtype {arr.dtype}, expected "
-                 f"{what}")
+    raise SpinDataError.at(source, f"key '{key}' has shape {arr.shape} and dtype {arr.dtype}, "
+                           f"expected {what}")
   arr = arr.astype(np.float64)
   if not np.all(np.isfinite(arr)):
-    raise _error(source, f"key '{key}' holds NaN or Inf, expected finite {what}")
+    raise SpinDataError.at(source, f"key '{key}' holds NaN or Inf, expected finite {what}")
   return arr
 
 
@@ -146,7 +143,8 @@ def _names(archive, source: str, n: int) -> np.ndarray | None:
   except ValueError:  # an object array (pickled); the names are optional
     return None
   if names.shape != (n,):
-    raise _error(source, f"key 'imgname' has shape {names.shape}, expected ({n},) like 'S'")
+    raise SpinDataError.at(source, f"key 'imgname' has shape {names.shape}, expected ({n},) like "
+                           "'S'")
   return names.astype(str)
 
 
@@ -179,7 +177,7 @@ def load(path: str | os.PathLike, dataset: str | None = None) -> SpinData:
     s = _read(archive, source, "S", (None, 24, None), what)
     width = s.shape[-1]
     if width not in (3, 4):
-      raise _error(source, f"key 'S' has shape {s.shape}, expected {what}")
+      raise SpinDataError.at(source, f"key 'S' has shape {s.shape}, expected {what}")
     n = s.shape[0]
     part = None
     if "part" in archive.files:
@@ -193,15 +191,15 @@ def load(path: str | os.PathLike, dataset: str | None = None) -> SpinData:
   else:
     kp2d, conf, kp_source = project_nominal(cam), visible, "S projected"
   if not np.any(visible[:, PELVIS] > 0) and n:
-    raise _error(source, "key 'S' has no visible pelvis (joint 14), expected root-centred 3D "
-                 "joints as SPIN writes them")
+    raise SpinDataError.at(source, "key 'S' has no visible pelvis (joint 14), expected "
+                           "root-centred 3D joints as SPIN writes them")
   joints = cam @ CAMERA_TO_WORLD.T
   keep, note = np.arange(n), ""
   if dataset == "h36m-p2" and names is not None:
     on_camera = np.array([H36M_P2_CAMERA in name for name in names], bool)
     if not on_camera.any():
-      raise _error(source, f"key 'imgname' names no frame of camera {H36M_P2_CAMERA}, expected "
-                   "Human3.6M protocol 2 (h36m_valid_protocol2.npz)")
+      raise SpinDataError.at(source, f"key 'imgname' names no frame of camera {H36M_P2_CAMERA}, "
+                             "expected Human3.6M protocol 2 (h36m_valid_protocol2.npz)")
     if not on_camera.all():
       keep = np.flatnonzero(on_camera)
       note = f"kept the {keep.size} of {n} frames of camera {H36M_P2_CAMERA} (protocol 2)"
@@ -218,7 +216,8 @@ def ground_truth(data: SpinData, dataset: str) -> np.ndarray:
   select = J24_TO_J17 if dataset == "mpi-inf-3dhp" else J24_TO_J14
   missing = np.flatnonzero(~np.all(data.joints_visible[:, select] > 0, axis=0))
   if missing.size:
-    raise _error(data.path, f"key 'S' has joint {select[int(missing[0])]} "
-                 f"({SPIN24_NAMES[select[int(missing[0])]]}) invisible in some frames, expected "
-                 f"all {len(select)} joints of the {dataset} protocol in every frame")
+    raise SpinDataError.at(data.path, f"key 'S' has joint {select[int(missing[0])]} "
+                           f"({SPIN24_NAMES[select[int(missing[0])]]}) invisible in some frames, "
+                           f"expected all {len(select)} joints of the {dataset} protocol in every "
+                           "frame")
   return data.joints[:, select]

@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgd_jax import rotations
 from lgd_jax.body.model import JOINT_NAMES, NUM_JOINTS
+from lgd_jax.geometry import rotations
 
 _INDEX = {name: i for i, name in enumerate(JOINT_NAMES)}
 # The mirror image of joint j: left_* <-> right_*, the rest unchanged.

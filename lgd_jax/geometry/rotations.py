@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from lgd_jax.numerics import full_precision
+from lgd_jax.geometry.numerics import full_precision
 
 # Below this squared angle (0.1 rad) the Taylor series are used. Their truncation error, about
 # theta^8 / 9!, is far below float64 round-off there.
@@ -222,3 +222,12 @@ def euler_to_matrix(angles: jnp.ndarray, order: str = "xyz") -> jnp.ndarray:
     r = axis_angle_to_matrix(aa)
     rot = r if rot is None else rot @ r
   return rot
+
+
+@full_precision
+def rotate_root(pose: jnp.ndarray, yaw, pitch, roll) -> jnp.ndarray:
+  """Left-multiplies the global orientation by R_z(roll) R_y(yaw) R_x(pitch) (official order;
+  y is up, so yaw turns the body about the vertical)."""
+  rot = euler_to_matrix(jnp.stack([roll, yaw, pitch], -1), order="zyx")
+  root = matrix_to_axis_angle(rot @ axis_angle_to_matrix(pose[..., :3]))
+  return pose.at[..., :3].set(root)

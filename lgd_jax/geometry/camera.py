@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.struct
 import jax.numpy as jnp
 
-from lgd_jax.numerics import full_precision
+from lgd_jax.geometry.numerics import full_precision
 
 # The official LGD code renders training keypoints with fx = fy = 256, c = 0, R = I, t = (0, 0, -6)
 # and then negates x. That is the same image as a standard (OpenCV-style) pinhole camera at

@@ -12,7 +12,7 @@ on
               + λ_stay · mean((Θ - Θ_learned)²) + λ_pose · nll_GMM(body pose) / 69
               + λ_angle · Σ angle prior + λ_shape · mean(β²)
 
-* ρ_δ: the pseudo-Huber penalty of the robust objective (:func:`lgd_jax.objective.penalty`),
+* ρ_δ: the pseudo-Huber penalty of the robust objective (:func:`lgd_jax.fitting.objective.penalty`),
   residuals in units of the person's size s (the longer side of the confident joints' box), so a
   swapped or outlying joint costs about its distance and a tight fit is quadratic; or, with
   ``sigma`` > 0, SMPLify's Geman-McClure penalty σ² d² / (σ² + d²) of each joint's distance d
@@ -20,7 +20,8 @@ on
   at the price of a narrower basin);
 * the stay term keeps the learned, plausible solution unless the image asks otherwise (the
   learned fit is the prior's mean), the pose prior (SMPLify's max-mixture negative
-  log-likelihood, :class:`lgd_jax.baselines.GMMPrior`), SPIN's elbow/knee angle prior and a shape
+  log-likelihood, :class:`lgd_jax.fitting.priors.GMMPrior`), SPIN's elbow/knee angle prior and a
+  shape
   prior keep the refined body plausible where the image constrains nothing (depth, missing joints).
 
 It is the SMPLify recipe with the learned fit as its start and anchor; :data:`DEFAULT_WEIGHTS`
@@ -36,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lgd_jax import objective
-from lgd_jax.numerics import full_precision
-from lgd_jax.objective import Problem
+from lgd_jax.fitting import objective, priors
+from lgd_jax.fitting.objective import Problem
+from lgd_jax.geometry.numerics import full_precision
 
 
 class RefineWeights(NamedTuple):
@@ -95,14 +96,13 @@ def image_error(problem: Problem, theta, t, keypoints, w, focal, center, size, d
 def energy(problem: Problem, theta, t, anchor, keypoints, w, focal, center, size, prior,
            weights: RefineWeights):
   """E(Θ, t) of one sample (see the module docstring)."""
-  from lgd_jax import baselines
   p = objective.split(problem, theta)
   e = image_error(problem, theta, t, keypoints, w, focal, center, size, weights.delta,
                   weights.sigma)
   e = e + weights.stay * jnp.mean(jnp.square(theta - anchor))
   if prior is not None:
     e = e + weights.pose * prior.nll(p.pose[3:]) / 69.0
-  e = e + weights.angle * jnp.sum(baselines.angle_prior(p.pose))
+  e = e + weights.angle * jnp.sum(priors.angle_prior(p.pose))
   return e + weights.shape * jnp.mean(jnp.square(p.betas))
 
 
@@ -115,12 +115,12 @@ def refine(problem: Problem, theta0: jnp.ndarray, t0: jnp.ndarray, keypoints: jn
   Args:
     problem: the fitting problem (body model, keypoint set, camera rotation).
     theta0: (B, P) the learned fit (also the stay term's anchor).
-    t0: (B, 3) its camera translation (e.g. :func:`lgd_jax.detections.place`'s).
+    t0: (B, 3) its camera translation (e.g. :func:`lgd_jax.eval.detections.place`'s).
     keypoints: (B, K, 2) detections, pixels.
     w: (B, K) weights (0 = missing).
     focal: (B,) focal lengths, pixels; center: (B, 2) principal points.
     num_steps: Adam iterations (static).
-    prior: a :class:`lgd_jax.baselines.GMMPrior`, or None for no pose prior.
+    prior: a :class:`lgd_jax.fitting.priors.GMMPrior`, or None for no pose prior.
     weights: :class:`RefineWeights`.
 
   Returns:

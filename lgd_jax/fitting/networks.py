@@ -30,7 +30,7 @@ The normalisation layer of every block is a choice (``norm``, see :data:`NORMS`)
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -110,7 +110,8 @@ class StepBatchNorm(nn.Module):
       m = jnp.mean(xf, axis=0)
       v = jnp.mean(jnp.square(xf - m), axis=0)
       if not self.is_initializing():
-        mean.value = mean.value.at[row].set(self.momentum * mean.value[row] + (1 - self.momentum) * m)
+        mean.value = mean.value.at[row].set(
+            self.momentum * mean.value[row] + (1 - self.momentum) * m)
         var.value = var.value.at[row].set(self.momentum * var.value[row] + (1 - self.momentum) * v)
     y = (xf - m) * jax.lax.rsqrt(v + self.epsilon) * scale + bias
     return y.astype(x.dtype if self.dtype is None else self.dtype)

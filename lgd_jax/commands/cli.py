@@ -1,28 +1,15 @@
-"""Shared command-line plumbing: one clear line for a user's mistake, a traceback only on --debug."""
+"""Shared command-line plumbing: one clear line for a user's mistake, a traceback only on
+--debug."""
 
 from __future__ import annotations
 
 import sys
 import traceback
 
-from lgd_jax.baselines import PriorFileError
-from lgd_jax.body.io import ModelFileError
-from lgd_jax.checkpoints import CheckpointError
-from lgd_jax.data.amass import AmassError
-from lgd_jax.data.pw3d import Pw3dError
-from lgd_jax.data.spin import SpinDataError
-from lgd_jax.detections import DetectionError
-from lgd_jax.parallel import ProcessesError, ShardingError
-from lgd_jax.pretrained import PretrainedError
-from lgd_jax.protocols import ProtocolError
-from lgd_jax.training import ConfigError, TrainingStopped
+from lgd_jax.errors import ProcessesError, TrainingStopped, UserError
 
 # Errors whose message is complete for a user: shown as one line, exit code 2.
-USER_ERRORS = (ConfigError, ModelFileError, CheckpointError, AmassError, ShardingError,
-               DetectionError, Pw3dError, SpinDataError, ProtocolError, PriorFileError,
-               PretrainedError,
-               FileNotFoundError,
-               IsADirectoryError, PermissionError)
+USER_ERRORS = (UserError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def quiet_logs() -> None:

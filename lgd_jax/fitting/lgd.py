@@ -9,7 +9,8 @@ trajectory. Classical optimisers on the same objective (:func:`run_optimizer`) r
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -17,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lgd_jax import objective
 from lgd_jax.body.model import NUM_POSE
-from lgd_jax.objective import Problem
+from lgd_jax.fitting import objective
+from lgd_jax.fitting.objective import Problem
 
 # Inputs the update network can be given, by name.
 FEATURES = ("kp2d", "conf", "theta", "pose", "grad", "grad_pose")
@@ -146,8 +147,9 @@ def initial_guess(learner: Learner, variables, problem: Problem, kp2d, conf, tra
   return theta0, {**stats, "init": init_stats}
 
 
-def evaluate_state(problem, theta, kp2d, conf):
-  """The gradient at Θ_n and the trajectory entry of that state.
+def grad_and_record(problem, theta, kp2d, conf):
+  """The objective's gradient at Θ_n and the trajectory record of that state (its value, the
+  gradient's norm, the 3D and projected keypoints).
 
   Returns:
     (grad (B, P), (theta, loss (B,), |grad| (B,), kp3d (B, K, 3), pred2d (B, K, 2))): the
@@ -159,13 +161,9 @@ def evaluate_state(problem, theta, kp2d, conf):
 
 def finish_trajectory(problem, hist, theta, kp2d, conf) -> Trajectory:
   """The scanned records of steps 0..M-1 followed by the final state M's."""
-  _, last = evaluate_state(problem, theta, kp2d, conf)
-  return Trajectory(*jax.tree.map(lambda h, l: jnp.concatenate([h, l[None]], 0), hist, last))
+  _, last = grad_and_record(problem, theta, kp2d, conf)
+  return Trajectory(*jax.tree.map(lambda h, x: jnp.concatenate([h, x[None]], 0), hist, last))
 
-
-# Old private names, used by code written before the public ones.
-_evaluate = evaluate_state
-_trajectory = finish_trajectory
 
 
 def learned_step(learner: Learner, params, stats, problem: Problem, theta, grad, kp2d, conf,
@@ -228,7 +226,7 @@ def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: 
 
   def step(carry, i):
     theta, upd_stats = carry
-    grad, out = evaluate_state(problem, theta, kp2d, conf)
+    grad, out = grad_and_record(problem, theta, kp2d, conf)
     new, new_stats = learned_step(learner, params, upd_stats, problem, theta, grad, kp2d, conf,
                                   first + i, train, jax.random.fold_in(r_steps, i), i)
     if active_steps is not None:
@@ -278,7 +276,7 @@ def fit_until_converged(learner: Learner, variables, problem: Problem, kp2d, con
     theta0, stats = initial_guess(learner, variables, problem, kp2d, conf)
   params = variables["params"]
   b = kp2d.shape[0]
-  grad0, rec0 = evaluate_state(problem, theta0, kp2d, conf)
+  grad0, rec0 = grad_and_record(problem, theta0, kp2d, conf)
   hist = jax.tree.map(lambda r: jnp.zeros((max_steps + 1,) + r.shape, r.dtype).at[0].set(r),
                       rec0)
 
@@ -291,7 +289,7 @@ def fit_until_converged(learner: Learner, variables, problem: Problem, kp2d, con
     new, _ = learned_step(learner, params, stats["update"], problem, theta, grad, kp2d, conf, n,
                           False, None, n)
     new = jnp.where(done[:, None], theta, new)
-    new_grad, rec = evaluate_state(problem, new, kp2d, conf)
+    new_grad, rec = grad_and_record(problem, new, kp2d, conf)
     prev_loss = hist[1][n]
     rel = jnp.abs(rec[1] - prev_loss) <= tol * prev_loss
     now = ~done & (n + 1 >= min_steps) & (rel | (rec[1] <= abs_tol))
@@ -321,7 +319,7 @@ def run_optimizer(problem: Problem, tx: optax.GradientTransformation, theta0: jn
 
   def step(carry, _):
     theta, state = carry
-    grad, out = evaluate_state(problem, theta, kp2d, conf)
+    grad, out = grad_and_record(problem, theta, kp2d, conf)
     updates, state = tx.update(grad, state, theta)
     return (optax.apply_updates(theta, updates), state), out
 

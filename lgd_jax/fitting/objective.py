@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgd_jax import body, camera
+from lgd_jax import body
 from lgd_jax.body.model import NUM_POSE
+from lgd_jax.geometry import camera
 
 # Weights of the training loss's 3D keypoint term, by keypoint name (official code, COCO-18).
 LOSSES = ("l1", "l2", "robust")
@@ -120,7 +121,8 @@ def observe(problem: Problem, pixels: jnp.ndarray, conf: jnp.ndarray, focal=None
   sees at test time what it was trained on.
 
   * Confidences (``confidence``): "binary" is the official code's rule (its ``validation_step``):
-    a score >= :data:`lgd_jax.camera.CONFIDENCE_THRESHOLD` (0.01) becomes 1, anything else 0,
+    a score >= :data:`lgd_jax.geometry.camera.CONFIDENCE_THRESHOLD` (0.01) becomes 1, anything
+    else 0,
     so the objective's weights and the network's "conf" input are exactly the {0, 1} values of
     training, whatever the detector's score scale; "raw" keeps scores at or above the threshold
     as they are (0 below), an explicit option for users who want the detector's scores to
@@ -201,7 +203,8 @@ def penalty(diff: jnp.ndarray, loss: str, delta: float = ROBUST_DELTA) -> jnp.nd
 
 
 def value_and_grad(problem: Problem, theta: jnp.ndarray, kp2d: jnp.ndarray, conf: jnp.ndarray):
-  """Per-sample objective and gradient for a batch: theta (B, P) -> (loss (B,), aux, grad (B, P))."""
+  """Per-sample objective and gradient for a batch: theta (B, P) -> (loss (B,), aux,
+  grad (B, P))."""
   fn = jax.vmap(jax.value_and_grad(objective, argnums=1, has_aux=True), in_axes=(None, 0, 0, 0))
   (loss, aux), grad = fn(problem, theta, kp2d, conf)
   return loss, aux, grad
