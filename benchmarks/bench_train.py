@@ -170,7 +170,7 @@ class JaxSide:
   def __init__(self, config, infer_batches=()):
     self.config = config
     model = build.load_body_model(config)
-    self.problem = build.make_problem(config, model)
+    self.problem = build.problem_from_config(config, model)
     self.learner = build.make_learner(config, self.problem)
     steps_per_epoch = int(config.steps_per_epoch)
     tx = build.make_optimizer(config, steps_per_epoch)

@@ -20,7 +20,7 @@ from lgd_jax import body, parallel
 from lgd_jax.body.model import NUM_POSE
 from lgd_jax.data import augment, pose_sources, synthetic
 from lgd_jax.data.batches import SAMPLINGS, PoseSource, make_batch
-from lgd_jax.errors import ConfigError
+from lgd_jax.errors import ConfigError, one_line
 from lgd_jax.fitting import lgd, networks, objective
 from lgd_jax.fitting.objective import Problem
 from lgd_jax.fitting.priors import (
@@ -47,7 +47,7 @@ def load_body_model(config) -> body.BodyModel:
   return body.load_model(path, num_betas=config.num_betas)
 
 
-def make_problem(config, model: body.BodyModel) -> Problem:
+def problem_from_config(config, model: body.BodyModel) -> Problem:
   """The config's fitting problem (keypoint set, inner objective, translation)."""
   if config.objective_loss not in objective.LOSSES:
     raise ConfigError(f"objective_loss: expected one of {objective.LOSSES}, got "
@@ -203,7 +203,7 @@ def load_amass(config) -> dict:
     try:
       data = load()
     except Exception as e:
-      parallel.announce(what, "failed: " + " ".join(str(e).split()))
+      parallel.announce(what, "failed: " + one_line(str(e)))
       raise
     parallel.announce(what, "ready")
     return data

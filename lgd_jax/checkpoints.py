@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lgd_jax import parallel
-from lgd_jax.errors import UserError
+from lgd_jax.errors import UserError, describe, one_line
 
 CHECKPOINT_SUBDIR = "checkpoints"
 # Unreadable checkpoints are moved here (never deleted), beside CHECKPOINT_SUBDIR.
@@ -95,7 +95,7 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target):
 
 
 def _short(e: Exception) -> str:
-  return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+  return describe(e)[:200]
 
 
 def restore_verified(mngr: ocp.CheckpointManager, step: int, target):
@@ -206,7 +206,7 @@ def read_config(directory: Path, step: int) -> ml_collections.ConfigDict:
     from lgd_jax.config import with_defaults
     return with_defaults(raw)
   except Exception as e:  # orbax raises many types for a missing or damaged item
-    raise CheckpointError(f"{where}: unreadable config ({' '.join(str(e).split())[:200]})") \
+    raise CheckpointError(f"{where}: unreadable config ({one_line(str(e))[:200]})") \
         from None
 
 

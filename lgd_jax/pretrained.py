@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lgd_jax.errors import UserError
+from lgd_jax.errors import UserError, one_line
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 PRETRAINED_PATH = PRETRAINED_DIR / "lgd_free.npz"
@@ -95,7 +95,7 @@ def load(ckpt=None):
       flat = {k[len(_PREFIX):]: z[k] for k in z.files if k.startswith(_PREFIX)}
   except (OSError, KeyError, ValueError) as e:
     raise PretrainedError(f"{path}: not a pretrained lgd_jax file ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:120]})") from None
+                          f"{one_line(str(e))[:120]})") from None
   variables = _unflatten(flat)
   variables.setdefault("batch_stats", {})
   return config, variables, meta, path

@@ -1,13 +1,23 @@
 import contextlib
 import os
 import shutil
+import tempfile
 
 # Tests run on the CPU even where a GPU is present, and never grab all its memory.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache per test run, shared by the xdist workers and the child
+# processes the tests start (they inherit the environment): a program that one module, worker or
+# child compiled is read back by the others instead of compiled again (the modules drop their
+# in-memory programs, see _release_compiled_programs). Every run starts cold, as CI does; set
+# JAX_COMPILATION_CACHE_DIR yourself to keep one across runs.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "lgd_jax_test_programs", _RUN_ID))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import pytest  # noqa: E402
 
-from lgd_jax.train import loop
+from lgd_jax.train import loop  # noqa: E402
 
 
 @contextlib.contextmanager

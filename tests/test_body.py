@@ -234,7 +234,9 @@ def test_check_grads_forward_kinematics(model64):
                 modes=("fwd", "rev"), atol=GRAD_TOL, rtol=GRAD_TOL)
 
 
-@pytest.mark.parametrize("at_zero", [pytest.param(False, marks=pytest.mark.slow), True])
+# float64 check_grads through the skinned mesh: about 40 s each, in the slow run.
+@pytest.mark.slow
+@pytest.mark.parametrize("at_zero", [False, True])
 def test_check_grads_skinned_mesh_and_keypoints(model64, at_zero):
   with jax.enable_x64(True):
     pose, betas, transl = _random_params(jax.random.PRNGKey(1), 2, num_betas=4,

@@ -51,6 +51,9 @@ def _mean_grad_norm(problem, theta, batch):
   return jnp.linalg.norm(grad, axis=-1).mean()
 
 
+# The analysis fixture runs every method twice over 100 iterations (about 2 minutes on 2 cores):
+# its tests are in the slow run.
+@pytest.mark.slow
 def test_writes_figures_csv_and_summary(analysis):
   out, summary, lines = analysis
   for fname, _, _ in convergence.FIGURES:
@@ -80,6 +83,7 @@ def test_writes_figures_csv_and_summary(analysis):
   assert any("adam" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_one_step_start_is_the_learned_fits_first_step(restored, analysis):
   _, summary, _ = analysis
   assert restored.learner.init_net is None  # the tiny config starts its fit at zero
@@ -95,6 +99,7 @@ def test_one_step_start_is_the_learned_fits_first_step(restored, analysis):
       np.testing.assert_allclose(zero[method][key][0], zero["lgd"][key][0], rtol=START_ATOL)
 
 
+@pytest.mark.slow
 def test_grad_norm_is_the_true_gradient(restored, analysis):
   _, summary, _ = analysis
   batch = _held_out(restored)

@@ -69,6 +69,7 @@ _NO_VARS = {"params": {"update": {}}, "batch_stats": {"update": {}}}
 # Objectives.
 
 
+@pytest.mark.slow  # check_grads in float64 on the full objective: about 40 s
 def test_robust_objective_vanishes_at_an_exact_fit_and_is_l1_like_far_away(model):
   prob = objective.make_problem(model, "coco18", loss="robust", delta=0.01)
   batch = _batch(prob)
@@ -95,6 +96,7 @@ def test_robust_objective_vanishes_at_an_exact_fit_and_is_l1_like_far_away(model
 # The step's form.
 
 
+@pytest.mark.slow
 def test_damping_schedule_scales_each_step(problem):
   batch = _batch(problem, n=4)
   s, tau = 0.1, 5.0
@@ -206,7 +208,7 @@ def test_random_unroll_length_compiles_once_and_loss_covers_the_steps_taken(monk
   config = tiny_train_config(**{"unroll.length": "uniform", "unroll.max_steps": 4,
                                 "unroll.min_steps": 1, "batch_size": 16})
   model = build.load_body_model(config)
-  problem = build.make_problem(config, model)
+  problem = build.problem_from_config(config, model)
   learner = build.make_learner(config, problem)
   state, step = _step_fn(config, learner, problem)
   source = build.synthetic_source(config)
@@ -229,7 +231,7 @@ def test_fit_buffer_continues_fits_and_restarts_old_ones():
   config = tiny_train_config(**{"unroll.late_fraction": 0.25, "unroll.buffer_rounds": 2,
                                 "unroll.max_age": 5, "batch_size": 16, "num_steps": 2})
   model = build.load_body_model(config)
-  problem = build.make_problem(config, model)
+  problem = build.problem_from_config(config, model)
   learner = build.make_learner(config, problem)
   state, step = _step_fn(config, learner, problem)
   assert state.buffer.theta.shape == (8, problem.num_params)
@@ -287,7 +289,7 @@ def test_buffer_is_checkpointed_and_restored_exactly(tmp_path):
   half = loop.train_and_evaluate(config, str(tmp_path / "b"), show_progress=False)
   mngr = checkpoints.manager(str(tmp_path / "b"))
   model = build.load_body_model(config)
-  problem = build.make_problem(config, model)
+  problem = build.problem_from_config(config, model)
   learner = build.make_learner(config, problem)
   template = train_state.new_state(config, learner, problem, build.make_optimizer(config, 4))
   restored = checkpoints.restore_verified(mngr, 4, template)
@@ -312,7 +314,7 @@ def test_config_mistakes_name_the_field(overrides, field):
   with pytest.raises(build.ConfigError, match=field):
     loop.check_config(config)
     model = body.tiny_model(num_verts=300)
-    problem = build.make_problem(config, model)
+    problem = build.problem_from_config(config, model)
     build.make_learner(config, problem)
 
 

@@ -120,7 +120,7 @@ def test_objective_placement_and_em_products_are_highest(tf32, model, params):
 def test_update_network_keeps_the_default(tf32, model):
   """The MLP may stay fast: its dots follow the global default, the objective's do not."""
   config = tiny_train_config()
-  problem = build.make_problem(config, model)
+  problem = build.problem_from_config(config, model)
   learner = build.make_learner(config, problem)
   variables = learner.init(jax.random.PRNGKey(0), problem)
   k = problem.num_keypoints
@@ -136,8 +136,9 @@ def test_update_network_keeps_the_default(tf32, model):
 
 _TRAIN_WITH_SWITCH = r"""
 import os, sys
-from lgd_jax import numerics, training
 from lgd_jax.commands import train
+from lgd_jax.geometry import numerics
+from lgd_jax.train import loop
 
 def fake_training(config, workdir, show_progress):
   started = numerics.backends_initialized()

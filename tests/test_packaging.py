@@ -143,7 +143,7 @@ model = body.load_model()
 config = base_config()
 config.model.hidden = 32
 config.model.num_blocks = 1
-problem = build.make_problem(config, model)
+problem = build.problem_from_config(config, model)
 learner = build.make_learner(config, problem)
 variables = learner.init(jax.random.PRNGKey(0), problem)
 batch = batches.make_batch(problem, batches.PoseSource(), jax.random.PRNGKey(1), n=4,
@@ -204,11 +204,13 @@ def test_installed_wheel_loads_the_free_model_and_fits_outside_the_repository(wh
 # The repository's thin wrappers run the package's commands.
 
 
+@pytest.mark.slow  # three fresh interpreters import JAX and the commands
 def test_repository_wrappers_run_the_packaged_commands(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   run = lambda *a, cwd=REPO: subprocess.run([sys.executable, *a], cwd=cwd, env=env,  # noqa: E731
                                             capture_output=True, text=True, timeout=300)
-  for script, flag in (("train.py", "--workdir"), ("evaluate.py", "--ckpt")):
+  for script, flag in (("train.py", "--workdir"), ("evaluate.py", "--ckpt"),
+                       ("fit.py", "--keypoints")):
     res = run(script, "--help")
     assert res.returncode == 0 and "usage:" in res.stdout and flag in res.stdout, res.stderr
   # configs/demo.py loads from the repository root; only the missing --workdir is reported.

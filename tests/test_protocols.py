@@ -49,8 +49,7 @@ def test_map_keypoints_by_name_with_aliases():
   kp = np.arange(2 * 24 * 2, dtype=np.float32).reshape(2, 24, 2)
   conf = np.ones((2, 24), np.float32)
   conf[1, names.index("neck")] = 0.0  # falls back to the thorax
-  out, c, unmatched = protocols.map_keypoints(names, kp, conf, COCO18_NAMES,
-                                              spin.KEYPOINT_ALIASES)
+  out, c, unmatched = protocols.map_keypoints(names, kp, conf, COCO18_NAMES)
   assert unmatched == []  # SPIN's 24 joints include the face keypoints
   for k, name in enumerate(COCO18_NAMES):
     if name != "neck":

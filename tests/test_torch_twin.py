@@ -111,7 +111,7 @@ def _batch(problem) -> batches.Batch:
 def _setup(model, variant: str):
   torch.manual_seed(0)
   config = _config(variant)
-  problem = build.make_problem(config, model)
+  problem = build.problem_from_config(config, model)
   learner = build.make_learner(config, problem)
   variables = jax.jit(learner.init)(jax.random.PRNGKey(1), problem)
   # Non-trivial BatchNorm running statistics, so that inference mode is tested for real.
@@ -163,6 +163,7 @@ def test_inference_trajectory_agrees(model, variant):
   _close(twin.infer(tb.kp2d, tb.conf, NUM_STEPS + 1), traj.theta[-1], RTOL, ATOL_THETA, "infer")
 
 
+@pytest.mark.slow  # a full-size model, both frameworks compiled: about a minute per variant
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_train_step_agrees(model, variant):
   config, problem, learner, variables, batch, twin = _setup(model, variant)

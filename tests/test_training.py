@@ -100,7 +100,7 @@ def test_train_step_compiles_once(model_path, trained, counted_train_step, monke
   monkeypatch.setattr(steps, "train_step", counted_train_step)  # traced by the run above
   config = tiny_config(model_path)
   model = build.load_body_model(config)
-  problem = build.make_problem(config, model)
+  problem = build.problem_from_config(config, model)
   learner = build.make_learner(config, problem)
   tx = build.make_optimizer(config, config.steps_per_epoch)
   state = train_state.init_state(learner, problem, tx, 0)

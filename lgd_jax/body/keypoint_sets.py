@@ -42,8 +42,10 @@ H36M17_NAMES = (
 # The 14 LSP-order joints of the Human3.6M protocols, as rows of h36m17.
 H36M_TO_J14 = (6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10)
 
-# Keypoint names that are other names for a joint of the tree.
-_JOINT_ALIASES = {"mid_hip": "pelvis"}
+# Other names of the same point, tried in order where a name itself is missing: the detectors'
+# "mid_hip" is the model's "pelvis" joint; SPIN's "thorax" stands in for a missing "neck". The one
+# alias table of the package: keypoint sets (below), detection files and benchmark inputs use it.
+SAME_POINT = {"mid_hip": ("pelvis",), "pelvis": ("mid_hip",), "neck": ("thorax",)}
 
 DEFAULT_H36M_REGRESSOR = Path(__file__).resolve().parents[2] / "third_party" / "smpl" / (
     "J_regressor_h36m.npy")
@@ -154,7 +156,7 @@ def _resolve(kpset: KeypointSet, num_verts: int, num_joints: int,
   landmark_ids = dict(landmarks)
   order, vertex_ids = [], []
   for kp in kpset.names:
-    joint = _JOINT_ALIASES.get(kp, kp)
+    joint = next((n for n in (kp,) + SAME_POINT.get(kp, ()) if n in JOINT_NAMES[:num_joints]), kp)
     if joint in JOINT_NAMES[:num_joints]:
       order.append(JOINT_NAMES.index(joint))
     elif kp in landmark_ids:
@@ -172,3 +174,45 @@ def resolve(kpset: str | KeypointSet, model: BodyModel) -> KeypointPlan:
   """Resolves a keypoint set against a model's vertex count and landmarks (cached)."""
   kpset = get_keypoint_set(kpset)
   return _resolve(kpset, model.num_verts, model.num_joints, model.landmarks, model.name)
+
+
+def map_by_name(src_names, kp: np.ndarray, conf: np.ndarray, dst_names,
+                midpoints: dict | None = None):
+  """Reorders keypoints by name into another set: the one name mapper of the package.
+
+  Each wanted name is taken from the first of (the name, then its :data:`SAME_POINT` aliases)
+  that the source has and, per sample, is confident (> 0); where the source has none of them and
+  ``midpoints`` gives the name two source names (e.g. COCO-17's missing neck: the shoulders),
+  their midpoint, with the smaller confidence.
+
+  Args:
+    src_names: names of the source keypoints.
+    kp: (N, S, 2) source keypoints.
+    conf: (N, S) confidences.
+    dst_names: names of the wanted keypoints.
+    midpoints: optional {wanted name: (source name a, source name b)}.
+
+  Returns:
+    (kp (N, K, 2), conf (N, K), names of wanted keypoints without a source): missing keypoints
+    have confidence 0.
+  """
+  src = {n: i for i, n in enumerate(src_names)}
+  n = kp.shape[0]
+  out_kp = np.zeros((n, len(dst_names), 2), np.float32)
+  out_conf = np.zeros((n, len(dst_names)), np.float32)
+  unmatched = []
+  for k, name in enumerate(dst_names):
+    idx = [src[c] for c in (name,) + SAME_POINT.get(name, ()) if c in src]
+    if idx:
+      cand = conf[:, idx]
+      first = np.argmax(cand > 0, axis=1)
+      out_kp[:, k] = kp[np.arange(n), np.asarray(idx)[first]]
+      out_conf[:, k] = cand[np.arange(n), first]
+    elif midpoints and name in midpoints and all(c in src for c in midpoints[name]):
+      a, b = (src[c] for c in midpoints[name])
+      out_kp[:, k] = 0.5 * (kp[:, a] + kp[:, b])
+      out_conf[:, k] = np.minimum(conf[:, a], conf[:, b])
+    else:
+      unmatched.append(name)
+  return out_kp, out_conf, unmatched
+

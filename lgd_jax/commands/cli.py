@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from lgd_jax.errors import ProcessesError, TrainingStopped, UserError
+from lgd_jax.errors import ProcessesError, TrainingStopped, UserError, one_line
 
 # Errors whose message is complete for a user: shown as one line, exit code 2.
 USER_ERRORS = (UserError, FileNotFoundError, IsADirectoryError, PermissionError)
@@ -39,7 +39,7 @@ def run(fn, debug: bool) -> int:
   except USER_ERRORS as e:
     if debug:
       traceback.print_exc()
-    msg = " ".join(str(e).split()) if not isinstance(e, OSError) or not e.filename \
+    msg = one_line(str(e)) if not isinstance(e, OSError) or not e.filename \
         else f"{e.filename}: {e.strerror}"
     print(f"error: {msg}", file=sys.stderr)
     return 2

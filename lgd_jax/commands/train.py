@@ -21,6 +21,7 @@ import traceback
 from absl import flags
 from ml_collections import config_flags
 
+from lgd_jax.errors import one_line
 from lgd_jax.train import loop
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "A config file (configs/*.py).",
@@ -49,7 +50,7 @@ def parse(argv) -> int | None:
   except Exception as e:  # absl/ml_collections report bad flags and overrides in many types
     if debug:
       traceback.print_exc()
-    msg = " ".join(str(e).split())
+    msg = one_line(str(e))
     if isinstance(e, OSError) and "Failed loading config file" in msg:
       msg = (f"--config: {msg.split('Attempted')[-1].split('] ', 1)[-1]} (expected a config "
              "file such as the lgd_jax repository's configs/demo.py)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lgd_jax import body
-from lgd_jax.body.keypoint_sets import BODY25_NAMES, COCO17_NAMES, COCO18_NAMES
+from lgd_jax.body.keypoint_sets import BODY25_NAMES, COCO17_NAMES, COCO18_NAMES, map_by_name
 from lgd_jax.errors import UserError
 from lgd_jax.geometry import camera
 
@@ -27,7 +27,6 @@ _LABELS = {"openpose_body25": "BODY_25", "openpose_coco18": "COCO-18", "coco17":
 # Keypoints that a source without them gets as the midpoint of two confident joints.
 _MIDPOINTS = {"neck": ("left_shoulder", "right_shoulder"), "mid_hip": ("left_hip", "right_hip"),
               "pelvis": ("left_hip", "right_hip")}
-_ALIASES = {"pelvis": "mid_hip"}  # target name -> source name with the same meaning
 
 
 class DetectionError(UserError):
@@ -266,23 +265,9 @@ def to_keypoint_set(det: Detections, kpset: str) -> tuple[np.ndarray, np.ndarray
     official threshold set to 0.
   """
   target = body.get_keypoint_set(kpset).names
-  src = {n: i for i, n in enumerate(det.names)}
   conf_src = np.where(det.conf >= camera.CONFIDENCE_THRESHOLD, det.conf, 0.0)
-  p = det.num_persons
-  kp = np.zeros((p, len(target), 2), np.float32)
-  conf = np.zeros((p, len(target)), np.float32)
-  mapped = 0
-  for k, name in enumerate(target):
-    name_src = name if name in src else _ALIASES.get(name)
-    if name_src in src:
-      kp[:, k] = det.keypoints[:, src[name_src]]
-      conf[:, k] = conf_src[:, src[name_src]]
-      mapped += 1
-    elif name in _MIDPOINTS and all(n in src for n in _MIDPOINTS[name]):
-      a, b = (src[n] for n in _MIDPOINTS[name])
-      kp[:, k] = 0.5 * (det.keypoints[:, a] + det.keypoints[:, b])
-      conf[:, k] = np.minimum(conf_src[:, a], conf_src[:, b])
-      mapped += 1
+  kp, conf, unmatched = map_by_name(det.names, det.keypoints, conf_src, target, _MIDPOINTS)
+  mapped = len(target) - len(unmatched)
   if mapped < MIN_JOINTS:
     raise DetectionError(f"{det.path}: its {_LABELS[det.format]} joints give only {mapped} of "
                          f"the checkpoint's {len(target)} {kpset} keypoints; expected at least "

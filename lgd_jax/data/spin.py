@@ -50,8 +50,6 @@ H36M_TO_J17 = (6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10, 0, 7, 9)
 J24_TO_J17 = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 18, 14, 16, 17)
 J24_TO_J14 = J24_TO_J17[:14]
 assert H36M_TO_J17[:14] == H36M_TO_J14
-# Other keypoint names a SPIN joint stands for when the first is missing, for the 2D input.
-KEYPOINT_ALIASES = {"mid_hip": ("pelvis",), "neck": ("neck", "thorax")}
 
 DATASETS = ("h36m-p1", "h36m-p2", "mpi-inf-3dhp")
 H36M_P2_CAMERA = "60457274"

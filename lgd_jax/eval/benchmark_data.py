@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgd_jax import body
+from lgd_jax.body import keypoint_sets
 from lgd_jax.data import pw3d, spin
-from lgd_jax.errors import UserError
+from lgd_jax.errors import UserError, one_line
 from lgd_jax.fitting import objective
 from lgd_jax.fitting.objective import Problem
 from lgd_jax.geometry import camera
@@ -75,37 +76,10 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def map_keypoints(src_names, kp: np.ndarray, conf: np.ndarray, dst_names, aliases=None):
-  """Reorders keypoints by name into another set.
-
-  Args:
-    src_names: names of the source keypoints.
-    kp: (N, S, 2) source keypoints.
-    conf: (N, S) confidences.
-    dst_names: names of the wanted keypoints.
-    aliases: optional {wanted name: (source names to try in order)}; per sample the first with a
-      positive confidence is used.
-
-  Returns:
-    (kp (N, K, 2), conf (N, K), names of wanted keypoints without a source): missing keypoints
-    have confidence 0.
-  """
-  aliases = aliases or {}
-  src = {n: i for i, n in enumerate(src_names)}
-  n = kp.shape[0]
-  out_kp = np.zeros((n, len(dst_names), 2), np.float32)
-  out_conf = np.zeros((n, len(dst_names)), np.float32)
-  unmatched = []
-  for k, name in enumerate(dst_names):
-    idx = [src[c] for c in aliases.get(name, (name,)) if c in src]
-    if not idx:
-      unmatched.append(name)
-      continue
-    cand = conf[:, idx]
-    first = np.argmax(cand > 0, axis=1)
-    out_kp[:, k] = kp[np.arange(n), np.asarray(idx)[first]]
-    out_conf[:, k] = cand[np.arange(n), first]
-  return out_kp, out_conf, unmatched
+def map_keypoints(src_names, kp: np.ndarray, conf: np.ndarray, dst_names):
+  """:func:`lgd_jax.body.keypoint_sets.map_by_name` (the one name mapper): (kp (N, K, 2),
+  conf (N, K), names of wanted keypoints without a source)."""
+  return keypoint_sets.map_by_name(src_names, kp, conf, dst_names)
 
 
 _observe = jax.jit(objective.observe, static_argnames=("confidence",))
@@ -197,7 +171,7 @@ def _load_regressor(smpl_dir) -> tuple[body.KeypointSet | None, str | None]:
   try:
     return body.regressor_keypoint_set(path), str(path)
   except (ValueError, FileNotFoundError) as e:
-    raise ProtocolError(" ".join(str(e).split())) from None
+    raise ProtocolError(one_line(str(e))) from None
 
 
 def _regressor_fits(regressor: body.KeypointSet, model: body.BodyModel) -> bool:
@@ -300,8 +274,7 @@ def _prepare_spin(problem: Problem, name: str, path: str, smpl_dir, max_samples,
   kind = "mpi" if name == "mpi-inf-3dhp" else "h36m"
   joints = spin.ground_truth(data, name)[keep]
   kp, conf, unmatched = map_keypoints(data.keypoint_names, data.kp2d[keep], data.conf[keep],
-                                      body.get_keypoint_set(problem.kpset).names,
-                                      spin.KEYPOINT_ALIASES)
+                                      body.get_keypoint_set(problem.kpset).names)
   kp2d, conf = problem_inputs(problem, kp, conf, None, os.fspath(path), confidence)
   source = ("part (visibility as confidence)" if data.keypoints_source == "part" else
             f"S projected by a nominal camera {spin.NOMINAL_DEPTH_M:g} m away (no part key)")

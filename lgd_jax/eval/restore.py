@@ -38,7 +38,7 @@ def restore(ckpt: str | os.PathLike | None = None) -> Restored:
   directory, step = checkpoints.locate(ckpt)
   config = checkpoints.read_config(directory, step)
   model = build.load_body_model(config)
-  problem = build.make_problem(config, model)
+  problem = build.problem_from_config(config, model)
   learner = build.make_learner(config, problem)
   tx = build.make_optimizer(config, 1)
   template = train_state.new_state(config, learner, problem, tx)
@@ -55,7 +55,7 @@ def _restore_pretrained(ckpt) -> Restored:
   from lgd_jax import pretrained
   config, flat_vars, meta, path = pretrained.load(ckpt)
   model = build.load_body_model(config)
-  problem = build.make_problem(config, model)
+  problem = build.problem_from_config(config, model)
   learner = build.make_learner(config, problem)
   template = learner.init(jax.random.PRNGKey(0), problem)
   loaded = {}

@@ -84,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.make_mesh(int(config.get("num_devices", 0)))
   parallel.check_batch(int(config.batch_size), mesh)
   model = build.load_body_model(config)
-  problem = build.make_problem(config, model)
+  problem = build.problem_from_config(config, model)
   learner = build.make_learner(config, problem)
   train_src, val_src, steps_per_epoch = build.load_pose_data(config)
   total_steps = steps_per_epoch * int(config.num_epochs)
