@@ -1,4 +1,10 @@
-"""TODO"""
+"""What a training checkpoint holds, and the settings that shape it: :class:`TrainState` (step,
+networks, Adam's moments, the non-finite bookkeeping, the fit buffer), :class:`FitBuffer` (fits
+in progress continued by later steps) and :class:`UnrollSettings` (the config's ``unroll`` group).
+
+It sits beside :mod:`lgd_jax.build`, below both :mod:`lgd_jax.train` (which saves states) and
+:mod:`lgd_jax.eval` (which restores them).
+"""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ class PoseSource:
     if self.sampling == "epoch":
       if self.order is None or step is None:
         raise ValueError("PoseSource: 'epoch' sampling draws the rows of a train step from the "
-                         "epoch's order; pass step and set order (training.with_epoch_order)")
+                         "epoch's order; pass step and set order (batches.with_epoch_order)")
       per_epoch = self.order.shape[0] // n
       if per_epoch < 1:
         raise ValueError(f"PoseSource: {self.order.shape[0]} poses cannot fill one batch of {n}")

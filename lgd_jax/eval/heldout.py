@@ -93,7 +93,7 @@ def evaluate(ckpt: str, num_steps: int | None = None, data: str | None = None,
              fits_png: str | None = None, classical: bool = True, detector=None,
              until_converged: bool = False, tol: float = 1e-4) -> dict:
   """Evaluates LGD, tuned GD and tuned Adam for ``num_steps`` (default max(20, 2N)) steps, and
-  with ``classical`` also GD with a line search and the SMPLify-style fit (baselines.py).
+  with ``classical`` also GD with a line search and the SMPLify-style fit (eval/methods.py).
 
   Returns the ``results.json`` dictionary: per method, each metric as a list over steps 0..M.
   ``fits_png``: also draw a few held-out samples' fitted bodies after N steps there.

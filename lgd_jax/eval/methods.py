@@ -22,7 +22,7 @@ METHODS = ("gd_ls", "smplify")
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation, like evaluation.eval_baseline.
+# Evaluation, like heldout.eval_baseline.
 
 
 def run_method(problem: Problem, method: str, settings: dict, theta0: jnp.ndarray,
