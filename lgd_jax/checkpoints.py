@@ -94,10 +94,6 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target):
   return target.replace(**restored["state"])
 
 
-def _short(e: Exception) -> str:
-  return describe(e)[:200]
-
-
 def restore_verified(mngr: ocp.CheckpointManager, step: int, target):
   """:func:`restore_state`, then checks the arrays against the digest saved with them.
 
@@ -108,7 +104,7 @@ def restore_verified(mngr: ocp.CheckpointManager, step: int, target):
   try:
     state = restore_state(mngr, step, target)
   except Exception as e:  # orbax/tensorstore raise many types for damaged files
-    raise CheckpointError(f"{where}: cannot restore the state ({_short(e)})") from None
+    raise CheckpointError(f"{where}: cannot restore the state ({describe(e)[:200]})") from None
   meta = _read_meta(mngr, step)
   if meta is not None and meta.get("sha256") != digest(state):
     raise CheckpointError(f"{where}: the state does not match the digest saved with it "
@@ -122,8 +118,8 @@ def _read_meta(mngr, step) -> dict | None:
   try:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:
-    raise CheckpointError(f"{Path(mngr.directory) / str(step)}: unreadable meta ({_short(e)})") \
-        from None
+    where = Path(mngr.directory) / str(step)
+    raise CheckpointError(f"{where}: unreadable meta ({describe(e)[:200]})") from None
 
 
 def restore_latest_good(mngr: ocp.CheckpointManager, target, config, log=print):

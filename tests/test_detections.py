@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -396,6 +397,26 @@ def test_missing_joints_do_not_pull_and_overwrite_is_refused(fitted, restored):
   # The files of a run are never replaced silently.
   with pytest.raises(DetectionError, match="summary.json"):
     detections.fit_file(restored, src, again, log=None, draw=False)
+
+
+def test_zero_start_is_the_orientation_stage_not_the_learned_fit(restored, bodies, tmp_path):
+  """start="zero" (the SMPLify-style baseline's start) turns only the zero pose's root: no
+  learned step, body pose and shape stay exactly zero. (fit_file's batch loop once overwrote
+  ``start`` with the batch offset, so this ran the learned fit.)"""
+  _, _, pix = bodies
+  conf = np.full(18, 0.9)
+  src = _openpose(tmp_path / "a_keypoints.json", [_body25(pix[0], conf), _body25(pix[1], conf)])
+  out = tmp_path / "out"
+  summary = detections.fit_file(restored, src, out, log=None, draw=False, refine_steps=0,
+                                start="zero")
+  assert len(summary["fits"]) == 2
+  for fit in summary["fits"]:
+    assert fit["learned_steps"] == 0 and fit["refine_steps"] == 0
+    npz = next(f for f in fit["files"] if f.endswith(".npz"))
+    with np.load(out / Path(npz).name) as person:
+      np.testing.assert_array_equal(person["body_pose"], 0.0)
+      np.testing.assert_array_equal(person["betas"], 0.0)
+      assert np.abs(person["global_orient"]).max() > 0  # the root was turned
 
 
 def test_frames_without_fits_are_reported(restored, tmp_path):

@@ -76,10 +76,9 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def map_keypoints(src_names, kp: np.ndarray, conf: np.ndarray, dst_names):
-  """:func:`lgd_jax.body.keypoint_sets.map_by_name` (the one name mapper): (kp (N, K, 2),
-  conf (N, K), names of wanted keypoints without a source)."""
-  return keypoint_sets.map_by_name(src_names, kp, conf, dst_names)
+# The one name mapper (kp (N, K, 2), conf (N, K), wanted names without a source), by its
+# protocols name.
+map_keypoints = keypoint_sets.map_by_name
 
 
 _observe = jax.jit(objective.observe, static_argnames=("confidence",))
