@@ -94,6 +94,9 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
                                      m.out_init_scale, dtype, norm, init_style, drop)
   else:
     raise ConfigError(f"model.variant: expected 'paper' or 'official', got {m.variant!r}")
+  remat = str(m.get("remat", "none"))
+  if remat not in lgd.REMATS:
+    raise ConfigError(f"model.remat: expected one of {lgd.REMATS}, got {remat!r}")
   for name in ("damping", "gate", "gd_rate"):
     if float(m.get(name, 0.0)) < 0:
       raise ConfigError(f"model.{name}: expected a number >= 0, got {m[name]!r}")
@@ -107,7 +110,8 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
     raise ConfigError(f"model.init: expected 'zero' or 'learned', got {m.init!r}")
   return lgd.Learner(net, init_net, features, m.output_scale, m.stop_gradient, m.grad_scale,
                      m.unroll, float(m.get("damping", 0.0)), float(m.get("gate", 0.0)),
-                     float(m.get("gd_rate", 0.0)), norm == "batch_per_step")
+                     float(m.get("gd_rate", 0.0)), norm == "batch_per_step",
+                     remat=remat)
 
 
 class OptimizerSettings(NamedTuple):

@@ -204,3 +204,42 @@ def test_translation_in_theta(model):
   far = objective.to_2d(prob, objective.keypoints_3d(prob, theta_far), batch.conf)
   spread = lambda p: np.ptp(np.asarray(p)[..., 1], axis=-1)
   assert (spread(far) < spread(near)).mean() > 0.9
+
+
+REMAT_RTOL = 1e-5  # the same float32 network recomputed: only reassociation differs
+
+
+def test_remat_keeps_the_training_loss_and_gradient_and_saves_memory(problem):
+  """``model.remat`` recomputes the network's elementwise layers (or all of it) in the backward:
+  the loss, its gradient and the updated batch statistics are those of the plain step, and the
+  compiled program needs less scratch memory."""
+  batch = _batch(problem, n=64)
+  assert base_config().model.remat == "dots"  # the configs' default
+  results, temps = {}, {}
+  for remat in lgd.REMATS:
+    learner = build.make_learner(_tiny_config(**{"model.hidden": 128, "model.remat": remat}),
+                                 problem)
+    variables = learner.init(jax.random.PRNGKey(0), problem)
+
+    def loss(params, learner=learner, variables=variables):
+      traj, stats = lgd.fit(learner, {"params": params,
+                                      "batch_stats": variables["batch_stats"]},
+                            problem, batch.kp2d, batch.conf, 4, train=True,
+                            rng=jax.random.PRNGKey(3))
+      return jnp.mean(jnp.abs(traj.theta[1:] - batch.theta)), stats
+
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    results[remat] = step(variables["params"])
+    temps[remat] = step.lower(variables["params"]).compile().memory_analysis().temp_size_in_bytes
+  (ref_loss, ref_stats), ref_grad = results["none"]
+  assert float(ref_loss) > 0
+  for remat in ("dots", "full"):
+    (loss_r, stats_r), grad_r = results[remat]
+    np.testing.assert_allclose(loss_r, ref_loss, rtol=REMAT_RTOL)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=REMAT_RTOL, atol=1e-7),
+                 grad_r, ref_grad)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=REMAT_RTOL, atol=1e-7),
+                 stats_r, ref_stats)
+  assert temps["dots"] < temps["none"] and temps["full"] <= temps["dots"], temps
+  with pytest.raises(build.ConfigError, match=r"model\.remat"):
+    build.make_learner(_tiny_config(**{"model.remat": "some"}), problem)

@@ -76,6 +76,11 @@ class Learner(flax.struct.PyTreeNode):
     gate: gradient-norm scale of the update's gate (0: no gate).
     gd_rate: initial rate of the learned gradient term (0: no such term).
     step_input: the update network takes the step index (per-step BatchNorm).
+    remat: what the training backward keeps of the update network's activations: "none"
+      (everything autodiff saves), "dots" (only the matmul outputs; the elementwise layers,
+      BatchNorm, PReLU and dropout, are recomputed in the backward: ``jax.checkpoint`` with the
+      ``dots_with_no_batch_dims_saveable`` policy), "full" (nothing: the whole network is
+      recomputed). Same values, less memory; inference is unaffected.
   """
 
   update_net: nn.Module = flax.struct.field(pytree_node=False)
@@ -90,6 +95,7 @@ class Learner(flax.struct.PyTreeNode):
   gate: float = flax.struct.field(pytree_node=False, default=0.0)
   gd_rate: float = flax.struct.field(pytree_node=False, default=0.0)
   step_input: bool = flax.struct.field(pytree_node=False, default=False)
+  remat: str = flax.struct.field(pytree_node=False, default="none")  # configs: "dots"
 
   def init(self, rng, problem: Problem, batch: int = 2):
     """Network variables {"params", "batch_stats"} for ``problem``."""
@@ -126,13 +132,26 @@ def _features(learner: Learner, kp2d, conf, theta, grad):
   return jnp.concatenate([parts[name]() for name in learner.features], -1)
 
 
-def _apply(net, params, stats, x, train, rng, **kwargs):
+REMATS = ("none", "dots", "full")
+_REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                   "full": jax.checkpoint_policies.nothing_saveable}
+
+
+def _apply(net, params, stats, x, train, rng, remat="none", **kwargs):
   variables = {"params": params, "batch_stats": stats}
   if not train:
     return net.apply(variables, x, train=False, **kwargs), stats
-  out, updated = net.apply(variables, x, train=True, rngs={"dropout": rng},
-                           mutable=["batch_stats"], **kwargs)
-  return out, updated["batch_stats"]
+
+  def run(params, stats, x, rng):
+    out, updated = net.apply({"params": params, "batch_stats": stats}, x, train=True,
+                             rngs={"dropout": rng}, mutable=["batch_stats"], **kwargs)
+    return out, updated["batch_stats"]
+
+  if remat != "none":
+    if remat not in _REMAT_POLICIES:
+      raise ValueError(f"remat: expected one of {REMATS}, got {remat!r}")
+    run = jax.checkpoint(run, policy=_REMAT_POLICIES[remat])
+  return run(params, stats, x, rng)
 
 
 def initial_guess(learner: Learner, variables, problem: Problem, kp2d, conf, train=False,
@@ -177,7 +196,7 @@ def learned_step(learner: Learner, params, stats, problem: Problem, theta, grad,
   g = jax.lax.stop_gradient(grad) if learner.stop_gradient else grad
   feats = _features(learner, kp2d, conf, theta, g)
   delta, stats = _apply(learner.update_net, params["update"], stats, feats, train, rng,
-                        **learner._step_kwargs(scan_step))
+                        learner.remat, **learner._step_kwargs(scan_step))
   scale = jnp.full(theta.shape[:1], learner.output_scale, theta.dtype)
   if learner.damping > 0:
     n = jnp.broadcast_to(jnp.asarray(iteration, theta.dtype), theta.shape[:1])
