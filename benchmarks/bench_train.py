@@ -87,14 +87,12 @@ WORKLOADS = ("paper", "official")
 # Targets of issue 6 (2-core CPU).
 TARGET_SPEEDUP_EAGER = 1.3
 TARGET_SPEEDUP_COMPILE = 1.2
-TARGET_MFU = 0.70
+TARGET_MFU = 0.60
+TARGET_INFER_MFU = 0.85
 OFFICIAL_CODE_S_PER_STEP = 14.8  # the official code, batch 1024, N = 3, on the development CPU
 OFFICIAL_CODE_BATCH = 1024
 TARGET_OFFICIAL_FACTOR = 8.0
-TARGET_INFER_1024_MS = 400.0
-TARGET_INFER_1_MS = 5.0
 TARGET_INFER_STEPS = 10
-TARGET_PEAK_MEM_MB = 2048.0
 TARGET_COMPILE_S = 30.0
 PEAK_MATMUL_N = 2048
 PEAK_REPEATS = 10  # best of: the peak is what the machine can do when nothing interferes
@@ -307,8 +305,10 @@ def run_probe(spec: dict) -> dict:
   torch = None
   if spec["framework"] != "jax":
     import torch
-    torch.set_num_threads(spec["threads"])
+    torch.set_num_threads(spec["threads"] or usable_cores())
   config = load_config(spec["workload"], Path(spec["model"]), spec["batch"], spec["steps"])
+  for k, v in spec.get("model_overrides", {}).items():
+    config.model[k] = v
   jside = JaxSide(config)
   if spec["framework"] == "jax":
     fn = jside.train
@@ -583,6 +583,8 @@ def add_ratios(entries: list) -> None:
 
 
 def check_targets(entries: list, quick: bool) -> list[str]:
+  """The speed issue's targets, each met or MISSED with its figure (paper workload, batch 1024),
+  then the official workload's comparison with the official code."""
   by = {(e["framework"], e["workload"], e["mode"], e["batch"]): e for e in entries
         if not e.get("sweep")}
   lines = []
@@ -599,32 +601,41 @@ def check_targets(entries: list, quick: bool) -> list[str]:
         lines.append(f"paper train step JAX >= {target}x {fw}: not measured")
     lines.append(f"paper train step >= {TARGET_MFU:.0%} of the matmul peak: "
                  f"{verdict(jp['mfu'] >= TARGET_MFU)} ({jp['mfu']:.1%}, network matmuls only)")
-    if jp["peak_mem_mb"] is not None:
-      lines.append(f"paper train step peak memory <= {TARGET_PEAK_MEM_MB:.0f} MB: "
-                   f"{verdict(jp['peak_mem_mb'] <= TARGET_PEAK_MEM_MB)} "
-                   f"({jp['peak_mem_mb']:.0f} MB process peak, {jp.get('step_mem_mb') or 0:.0f}"
-                   " MB above setup)")
+    eager = by.get(("torch", "paper", "train", 1024))
+    if jp["peak_mem_mb"] is None or eager is None or eager.get("peak_mem_mb") is None:
+      lines.append("paper train step peak memory <= PyTorch eager's: not measured")
+    else:
+      lines.append(f"paper train step peak memory <= PyTorch eager's: "
+                   f"{verdict(jp['peak_mem_mb'] <= eager['peak_mem_mb'])} "
+                   f"({jp['peak_mem_mb']:.0f} MB vs {eager['peak_mem_mb']:.0f} MB process peak; "
+                   f"{jp.get('step_mem_mb') or 0:.0f} vs {eager.get('step_mem_mb') or 0:.0f} MB "
+                   "above setup)")
     lines.append(f"paper train step compile <= {TARGET_COMPILE_S:.0f} s: "
                  f"{verdict(jp['compile_s'] <= TARGET_COMPILE_S)} ({jp['compile_s']:.1f} s)")
+  ji = by.get(("jax", "paper", "infer", 1024))
+  if ji is not None and ji["steps"] == TARGET_INFER_STEPS:
+    lines.append(f"paper inference {ji['steps']} steps x 1024 >= {TARGET_INFER_MFU:.0%} of the "
+                 f"matmul peak: {verdict(ji['mfu'] >= TARGET_INFER_MFU)} ({ji['mfu']:.1%}, "
+                 f"{ji['median_ms']:.0f} ms)")
+  if not quick:
+    oc = next((e for e in entries if e["framework"] == "torch_compile" and not e.get("sweep")
+               and e["workload"] == "official" and e["mode"] == "train"), None)
+    if any(e["workload"] == "official" for e in entries):
+      lines.append("torch.compile of the official train step runs: "
+                   + (f"met ({oc['median_ms']:.0f} ms)" if oc is not None else "MISSED"))
   official_code = OFFICIAL_CODE_BATCH / OFFICIAL_CODE_S_PER_STEP
   for e in entries:
     if e["framework"] == "jax" and e["workload"] == "official" and e["mode"] == "train" \
         and not e.get("sweep"):
       ref = by.get(("torch_official", "official", "train", e["batch"]))
       line = (f"official workload >= {TARGET_OFFICIAL_FACTOR:g}x the official code "
-              f"({official_code:.0f} samples/s, issue's figure): "
+              f"({official_code:.0f} samples/s, an earlier issue's figure): "
               f"{verdict(e['samples_per_s'] >= TARGET_OFFICIAL_FACTOR * official_code)} "
               f"({e['samples_per_s']:.0f} samples/s = {e['samples_per_s'] / official_code:.1f}x)")
       if ref is not None:
         line += (f"; against the full-mesh twin measured here ({ref['samples_per_s']:.0f} "
                  f"samples/s): {e['samples_per_s'] / ref['samples_per_s']:.1f}x")
       lines.append(line)
-  for e in entries:
-    if e["framework"] == "jax" and e["mode"] == "infer" and e["workload"] == "paper" \
-        and e["steps"] == TARGET_INFER_STEPS and e["batch"] in (1024, 1):
-      target = TARGET_INFER_1024_MS if e["batch"] == 1024 else TARGET_INFER_1_MS
-      lines.append(f"inference {e['steps']} steps x {e['batch']} <= {target:g} ms: "
-                   f"{verdict(e['median_ms'] <= target)} ({e['median_ms']:.1f} ms)")
   return lines
 
 
