@@ -31,7 +31,7 @@ Fields (all overridable on the command line, ``--config.key=value``):
   ``norm`` "batch" / "batch_per_step" / "layer" / "none", and the step's form: ``damping`` τ of a
   harmonic step-size schedule, ``gate`` of the update by the gradient norm, ``gd_rate`` of a
   learned preconditioned gradient term; 0 = off; see :class:`lgd_jax.fitting.lgd.Learner`);
-  ``remat`` "none" / "dots" / "full": what the training backward keeps of the network's
+  ``remat`` "none" / "dots" / "full" / "step": what the training backward keeps of the network's
   activations (less memory for recomputation; same values).
 * ``unroll``: how training unrolls are drawn (see :class:`lgd_jax.train_state.UnrollSettings`):
   ``length`` "fixed" (N steps, the paper's) / "uniform" / "log_uniform" in
@@ -133,7 +133,7 @@ def _model_group() -> ml_collections.ConfigDict:
   # program takes twice as long to compile (30 s vs 15 s) and is not faster here.
   g.unroll = 1
   g.dtype = "float32"
-  g.remat = "dots"  # what the training backward keeps of the network: "none", "dots", "full"
+  g.remat = "dots"  # what the training backward keeps: "none", "dots", "full", "step"
   g.norm = "batch"
   # How the Dense layers start: "flax" (LeCun normal, zero biases) or "pytorch" (nn.Linear's
   # U(±1/sqrt(fan_in)) for kernels and biases, the official code's; configs/official.py).

@@ -233,7 +233,7 @@ def test_remat_keeps_the_training_loss_and_gradient_and_saves_memory(problem):
     temps[remat] = step.lower(variables["params"]).compile().memory_analysis().temp_size_in_bytes
   (ref_loss, ref_stats), ref_grad = results["none"]
   assert float(ref_loss) > 0
-  for remat in ("dots", "full"):
+  for remat in ("dots", "full", "step"):
     (loss_r, stats_r), grad_r = results[remat]
     np.testing.assert_allclose(loss_r, ref_loss, rtol=REMAT_RTOL)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=REMAT_RTOL, atol=1e-7),
@@ -241,5 +241,6 @@ def test_remat_keeps_the_training_loss_and_gradient_and_saves_memory(problem):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=REMAT_RTOL, atol=1e-7),
                  stats_r, ref_stats)
   assert temps["dots"] < temps["none"] and temps["full"] <= temps["dots"], temps
+  assert temps["step"] < temps["none"], temps
   with pytest.raises(build.ConfigError, match=r"model\.remat"):
     build.make_learner(_tiny_config(**{"model.remat": "some"}), problem)

@@ -80,7 +80,9 @@ class Learner(flax.struct.PyTreeNode):
       (everything autodiff saves), "dots" (only the matmul outputs; the elementwise layers,
       BatchNorm, PReLU and dropout, are recomputed in the backward: ``jax.checkpoint`` with the
       ``dots_with_no_batch_dims_saveable`` policy), "full" (nothing: the whole network is
-      recomputed). Same values, less memory; inference is unaffected.
+      recomputed), "step" (the whole scan step, the objective's gradient and the body model
+      included, keeps only its matmul outputs). Same values, less memory; inference is
+      unaffected.
   """
 
   update_net: nn.Module = flax.struct.field(pytree_node=False)
@@ -132,7 +134,7 @@ def _features(learner: Learner, kp2d, conf, theta, grad):
   return jnp.concatenate([parts[name]() for name in learner.features], -1)
 
 
-REMATS = ("none", "dots", "full")
+REMATS = ("none", "dots", "full", "step")
 _REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
                    "full": jax.checkpoint_policies.nothing_saveable}
 
@@ -147,7 +149,7 @@ def _apply(net, params, stats, x, train, rng, remat="none", **kwargs):
                              rngs={"dropout": rng}, mutable=["batch_stats"], **kwargs)
     return out, updated["batch_stats"]
 
-  if remat != "none":
+  if remat not in ("none", "step"):  # "step": the whole scan step is checkpointed in fit
     if remat not in _REMAT_POLICIES:
       raise ValueError(f"remat: expected one of {REMATS}, got {remat!r}")
     run = jax.checkpoint(run, policy=_REMAT_POLICIES[remat])
@@ -255,6 +257,8 @@ def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: 
       new_stats = jax.tree.map(lambda a, o: jnp.where(any_on, a, o), new_stats, upd_stats)
     return (new, new_stats), out
 
+  if train and learner.remat == "step":
+    step = jax.checkpoint(step, policy=_REMAT_POLICIES["dots"])
   (theta, upd_stats), hist = jax.lax.scan(step, (theta0, stats["update"]), jnp.arange(num_steps),
                                           unroll=max(1, min(learner.unroll, num_steps)))
   return finish_trajectory(problem, hist, theta, kp2d, conf), {**stats, "update": upd_stats}
