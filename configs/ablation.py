@@ -55,6 +55,13 @@ VARIANTS = {
                                "network damped (τ = 10)",
                                {**LATE, **ROBUST, **FIXED_POINT, "model.gd_rate": 0.1,
                                 "model.damping": 10.0}),
+    "chosen+age200": ("the chosen scheme with stored fits continued to age 200 (not 100), so that "
+                      "iteration 100 lies inside the trained range",
+                      {**LATE, **ROBUST, **FIXED_POINT, "model.gd_rate": 0.1,
+                       "model.damping": 10.0, "unroll.max_age": 200}),
+    "chosen+late50": ("the chosen scheme with half of each batch continuing stored fits",
+                      {**LATE, **ROBUST, **FIXED_POINT, "model.gd_rate": 0.1,
+                       "model.damping": 10.0, "unroll.late_fraction": 0.5}),
     "late50+robust+fp": ("half of each batch continued, robust objective, fixed points",
                          {**LATE, "unroll.late_fraction": 0.5, **ROBUST, **FIXED_POINT}),
 }
