@@ -1,5 +1,5 @@
 """The packaged pretrained model (``lgd_jax/pretrained/lgd_free.npz``): the demo's network,
-scheme and detector-like inputs (``configs/demo.py``) trained twice as long: 2000 steps of
+scheme and detector-like inputs (``configs/demo.py``) trained four times as long: 4000 steps of
 batch 256 on the free body model and the broad synthetic pose source, at the demo's constant
 learning rate.
 
@@ -22,6 +22,6 @@ _spec.loader.exec_module(_demo)
 
 def get_config():
   c = _demo.get_config()
-  c.num_epochs = 8  # of 250 steps
+  c.num_epochs = 16  # of 250 steps
   c.checkpoint_every = 500
   return c
