@@ -85,7 +85,7 @@ def main(argv=None) -> int:
       for v in variants:
         remat, _, unroll = v.partition("@")
         spec = {"framework": "jax", "workload": "paper", "batch": args.batch,
-                "steps": args.steps, "model": str(model_path), "threads": 0,
+                "steps": args.steps, "model": str(model_path), "threads": 1,  # unused by JAX
                 "model_overrides": {"remat": remat, **({"unroll": int(unroll)} if unroll else {})}}
         res = probe_memory(spec, timeout_s=900)
         rows[v]["peak_mem_mb"] = res.get("peak_mem_mb")

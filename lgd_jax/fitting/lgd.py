@@ -140,18 +140,20 @@ _REMAT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_savea
 
 
 def _apply(net, params, stats, x, train, rng, remat="none", **kwargs):
-  variables = {"params": params, "batch_stats": stats}
+  """The network on ``x``: (output, batch stats, updated when ``train``). In training, ``remat``
+  "dots"/"full" checkpoints it with that policy; "step" is checkpointed by :func:`fit` around
+  the whole scan step, "none" not at all."""
+  if remat not in REMATS:
+    raise ValueError(f"remat: expected one of {REMATS}, got {remat!r}")
   if not train:
-    return net.apply(variables, x, train=False, **kwargs), stats
+    return net.apply({"params": params, "batch_stats": stats}, x, train=False, **kwargs), stats
 
   def run(params, stats, x, rng):
     out, updated = net.apply({"params": params, "batch_stats": stats}, x, train=True,
                              rngs={"dropout": rng}, mutable=["batch_stats"], **kwargs)
     return out, updated["batch_stats"]
 
-  if remat not in ("none", "step"):  # "step": the whole scan step is checkpointed in fit
-    if remat not in _REMAT_POLICIES:
-      raise ValueError(f"remat: expected one of {REMATS}, got {remat!r}")
+  if remat in _REMAT_POLICIES:
     run = jax.checkpoint(run, policy=_REMAT_POLICIES[remat])
   return run(params, stats, x, rng)
 
