@@ -21,6 +21,9 @@ _spec.loader.exec_module(_demo)
 ROBUST = {"objective_loss": "robust"}
 LATE = {"unroll.late_fraction": 0.25, "unroll.buffer_rounds": 8, "unroll.max_age": 100}
 FIXED_POINT = {"unroll.fixed_point_fraction": 0.1, "loss.update": 1.0}
+CHOSEN_1204 = {**LATE, **ROBUST, **FIXED_POINT, "model.gd_rate": 0.1, "model.damping": 10.0}
+DEMO_1204 = {**CHOSEN_1204, **_demo.DEMO_DETECTOR}
+ADAM = {"model.nominal": "adam", "model.gd_rate": 0.01}
 
 # name -> (what it tests, overrides)
 VARIANTS = {
@@ -64,12 +67,30 @@ VARIANTS = {
                        "model.damping": 10.0, "unroll.late_fraction": 0.5}),
     "late50+robust+fp": ("half of each batch continued, robust objective, fixed points",
                          {**LATE, "unroll.late_fraction": 0.5, **ROBUST, **FIXED_POINT}),
+    # The demo (the chosen scheme with detector-like training inputs) and the nominal Adam term.
+    "demo": ("the demo of 2026-12-04: the chosen scheme with detector-like training inputs",
+             DEMO_1204),
+    "demo+adam": ("the demo with an Adam-normalised nominal term (rate 0.01) instead of the "
+                  "gradient term", {**DEMO_1204, **ADAM}),
+    "demo+damp2": ("the demo with the network's steps damped by (τ/(τ+n))², summable",
+                   {**DEMO_1204, "model.damping_power": 2.0}),
+    "demo+adam+damp2": ("the demo with the Adam nominal term and the network damped by "
+                        "(τ/(τ+n))²", {**DEMO_1204, **ADAM, "model.damping_power": 2.0}),
+    "demo+adam+damp2+tau20": ("as demo+adam+damp2 with τ = 20",
+                              {**DEMO_1204, **ADAM, "model.damping_power": 2.0,
+                               "model.damping": 20.0}),
 }
 
 
 def get_config(name: str = "published"):
-  if name not in VARIANTS:
+  """The variant ``name``; ``name@sK`` is the same variant trained with seed K (the default
+  seed is the base config's, 0), to tell a scheme's effect from a seed's."""
+  base, _, seed = name.partition("@s")
+  if base not in VARIANTS or (seed and not seed.isdigit()):
     raise ValueError(f"configs/ablation.py:{name}: unknown variant, expected one of "
-                     f"{sorted(VARIANTS)}")
+                     f"{sorted(VARIANTS)}, optionally followed by @s<seed>")
   from lgd_jax.config import apply_overrides
-  return apply_overrides(_demo.published_config(), VARIANTS[name][1])
+  c = apply_overrides(_demo.published_config(), VARIANTS[base][1])
+  if seed:
+    c.seed = int(seed)
+  return c

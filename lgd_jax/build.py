@@ -100,6 +100,12 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
   for name in ("damping", "gate", "gd_rate"):
     if float(m.get(name, 0.0)) < 0:
       raise ConfigError(f"model.{name}: expected a number >= 0, got {m[name]!r}")
+  nominal = str(m.get("nominal", "gd"))
+  if nominal not in lgd.NOMINALS:
+    raise ConfigError(f"model.nominal: expected one of {lgd.NOMINALS}, got {nominal!r}")
+  damping_power = float(m.get("damping_power", 1.0))
+  if not damping_power > 0:
+    raise ConfigError(f"model.damping_power: expected a number > 0, got {m['damping_power']!r}")
   if m.init == "zero":
     init_net = None
   elif m.init == "learned":
@@ -111,7 +117,7 @@ def make_learner(config, problem: Problem) -> lgd.Learner:
   return lgd.Learner(net, init_net, features, m.output_scale, m.stop_gradient, m.grad_scale,
                      m.unroll, float(m.get("damping", 0.0)), float(m.get("gate", 0.0)),
                      float(m.get("gd_rate", 0.0)), norm == "batch_per_step",
-                     remat=remat)
+                     remat=remat, nominal=nominal, damping_power=damping_power)
 
 
 class OptimizerSettings(NamedTuple):

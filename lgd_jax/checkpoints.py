@@ -77,8 +77,9 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target):
   """Restores the state at ``step`` into the structure, shapes, dtypes and shardings of
   ``target`` (unverified; see :func:`restore_verified`).
 
-  A dataclass state whose optional fields are None (e.g. a TrainState without a fit buffer)
-  also restores from a checkpoint written before those fields existed.
+  A dataclass state whose optional fields are None, at any depth (a TrainState without a fit
+  buffer, a fit buffer without the nominal term's state), also restores from a checkpoint
+  written before those fields existed.
   """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
@@ -88,10 +89,24 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target):
   except ValueError as e:
     if not dataclasses.is_dataclass(target) or "MISSING" not in str(e):
       raise
-  present = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(target)
-             if getattr(target, f.name) is not None}
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(present)))
-  return target.replace(**restored["state"])
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_without_none(abstract))))
+  return _refill(target, restored["state"])
+
+
+def _without_none(tree):
+  """Dataclass nodes as dicts of their fields that are not None, recursively."""
+  if dataclasses.is_dataclass(tree):
+    return {f.name: _without_none(getattr(tree, f.name)) for f in dataclasses.fields(tree)
+            if getattr(tree, f.name) is not None}
+  return tree
+
+
+def _refill(target, restored):
+  """:func:`_without_none`'s dicts back into ``target``'s dataclasses (None fields kept)."""
+  if dataclasses.is_dataclass(target):
+    return target.replace(**{k: _refill(getattr(target, k), v) for k, v in restored.items()})
+  return restored
 
 
 def restore_verified(mngr: ocp.CheckpointManager, step: int, target):
@@ -210,7 +225,7 @@ def read_config(directory: Path, step: int) -> ml_collections.ConfigDict:
 # resumed or evaluated with this one.
 STRUCTURAL_FIELDS = ("num_betas", "keypoints", "fit_translation", "model.variant", "model.hidden",
                      "model.num_blocks", "model.num_residual", "model.init", "model.features",
-                     "model.norm", "model.gd_rate", "unroll.late_fraction",
+                     "model.norm", "model.gd_rate", "model.nominal", "unroll.late_fraction",
                      "unroll.buffer_rounds")
 
 

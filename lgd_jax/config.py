@@ -28,9 +28,11 @@ Fields (all overridable on the command line, ``--config.key=value``):
   initial guess "zero" or "learned", input features, stopped gradient, scan unroll, dtype,
   ``init_style`` "flax" / "pytorch" (how the Dense layers start, see
   :mod:`lgd_jax.fitting.networks`),
-  ``norm`` "batch" / "batch_per_step" / "layer" / "none", and the step's form: ``damping`` τ of a
-  harmonic step-size schedule, ``gate`` of the update by the gradient norm, ``gd_rate`` of a
-  learned preconditioned gradient term; 0 = off; see :class:`lgd_jax.fitting.lgd.Learner`);
+  ``norm`` "batch" / "batch_per_step" / "layer" / "none", and the step's form: ``damping`` τ and
+  ``damping_power`` p of the network's step-size schedule (τ/(τ+n))^p, ``gate`` of the update by
+  the gradient norm, ``gd_rate`` (the initial rate) of a learned nominal descent term beside the
+  network and ``nominal``, its direction: "gd" (the gradient) or "adam" (Adam's normalised
+  moments of the fit's gradients); 0 = off; see :class:`lgd_jax.fitting.lgd.Learner`);
   ``remat`` "none" / "dots" / "full" / "step": what the training backward keeps of the network's
   activations (less memory for recomputation; same values).
 * ``unroll``: how training unrolls are drawn (see :class:`lgd_jax.train_state.UnrollSettings`):
@@ -141,6 +143,8 @@ def _model_group() -> ml_collections.ConfigDict:
   g.damping = 0.0
   g.gate = 0.0
   g.gd_rate = 0.0
+  g.nominal = "gd"
+  g.damping_power = 1.0
   return g
 
 

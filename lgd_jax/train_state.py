@@ -115,14 +115,20 @@ class FitBuffer(flax.struct.PyTreeNode):
   conf: jnp.ndarray  # (S, K)
   theta: jnp.ndarray  # (S, P)
   age: jnp.ndarray  # (S,) int32
+  # The nominal term's state of each fit (lgd.NominalState, "adam"), or None.
+  nominal: Any = None
 
 
-def empty_buffer(problem: Problem, size: int) -> FitBuffer | None:
+def empty_buffer(problem: Problem, size: int, learner: lgd.Learner | None = None
+                 ) -> FitBuffer | None:
+  """An empty buffer of ``size`` slots (None for 0), with room for ``learner``'s nominal state."""
   if size == 0:
     return None
   k, p = problem.num_keypoints, problem.num_params
   z = lambda *shape: jnp.zeros((size,) + shape, jnp.float32)  # noqa: E731
-  return FitBuffer(z(p), z(k, 3), z(k, 2), z(k), z(p), jnp.full((size,), -1, jnp.int32))
+  nominal = None if learner is None else lgd.nominal_init(learner, z(p))
+  return FitBuffer(z(p), z(k, 3), z(k, 2), z(k), z(p), jnp.full((size,), -1, jnp.int32),
+                   nominal)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -150,7 +156,7 @@ def init_state(learner: lgd.Learner, problem: Problem, tx, seed: int,
   variables = learner.init(jax.random.PRNGKey(seed), problem)
   return TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
                     tx.init(variables["params"]), jnp.full((), -1, jnp.int32),
-                    jnp.zeros((), jnp.int32), empty_buffer(problem, buffer_size))
+                    jnp.zeros((), jnp.int32), empty_buffer(problem, buffer_size, learner))
 
 
 def new_state(config, learner: lgd.Learner, problem: Problem, tx) -> TrainState:

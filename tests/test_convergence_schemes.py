@@ -2,6 +2,7 @@
 
 import chex
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,7 +32,7 @@ def problem(model):
 
 
 make_batch = jax.jit(batches.make_batch, static_argnames=("n", "aug", "detector"))
-fit = jax.jit(lgd.fit, static_argnames=("learner", "num_steps", "train"))
+fit = jax.jit(lgd.fit, static_argnames=("learner", "num_steps", "train", "return_nominal"))
 fit_until = jax.jit(lgd.fit_until_converged, static_argnames=("learner", "max_steps",
                                                               "min_steps"))
 
@@ -136,6 +137,95 @@ def test_gradient_term_with_a_silent_network_is_gradient_descent(problem):
   gd = lgd.run_optimizer(problem, optax.sgd(20.0), jnp.zeros_like(batch.theta), batch.kp2d,
                          batch.conf, 3)
   np.testing.assert_allclose(traj.theta, gd.theta, atol=TRAJ_ATOL)
+
+
+def test_summable_damping_scales_each_step_by_its_power(problem):
+  batch = _batch(problem, n=2)
+  s, tau = 0.1, 5.0
+  learner = lgd.Learner(_Ones(problem.num_params), None, ("grad",), output_scale=s, damping=tau,
+                        damping_power=2.0)
+  traj, _ = fit(learner, _NO_VARS, problem, batch.kp2d, batch.conf, 4)
+  steps = np.diff(np.asarray(traj.theta), axis=0)[:, 0, 0]
+  np.testing.assert_allclose(steps, s * (tau / (tau + np.arange(4))) ** 2, rtol=1e-5)
+
+
+def _silent_adam_learner(problem, rate=0.01):
+  """A learner whose network outputs zero (its last layer starts at 0): only the Adam term."""
+  net = networks.PaperUpdateNet(problem.num_params, hidden=8, num_blocks=1, out_init_scale=0.0)
+  return lgd.Learner(net, None, ("kp2d", "conf", "theta", "grad"), output_scale=0.1,
+                     gd_rate=rate, nominal="adam")
+
+
+def test_adam_nominal_term_with_a_silent_network_is_adam_per_sample(problem):
+  batch = _batch(problem, n=4)
+  learner = _silent_adam_learner(problem)
+  variables = learner.init(jax.random.PRNGKey(0), problem)
+  traj, _, nominal = fit(learner, variables, problem, batch.kp2d, batch.conf, 4,
+                         return_nominal=True)
+  adam = lgd.run_optimizer(problem, optax.adam(0.01), jnp.zeros_like(batch.theta), batch.kp2d,
+                           batch.conf, 4)
+  np.testing.assert_allclose(traj.theta, adam.theta, atol=TRAJ_ATOL)
+  np.testing.assert_array_equal(nominal.count, 4)
+  # Continuing from the returned state is the same as one longer fit.
+  first, _, state = fit(learner, variables, problem, batch.kp2d, batch.conf, 2,
+                        return_nominal=True)
+  rest, _ = fit(learner, variables, problem, batch.kp2d, batch.conf, 2, theta0=first.theta[-1],
+                nominal0=state)
+  np.testing.assert_allclose(rest.theta, traj.theta[2:], atol=TRAJ_ATOL)
+
+
+def test_masked_steps_leave_the_adam_state_alone(problem):
+  batch = _batch(problem, n=2)
+  learner = _silent_adam_learner(problem)
+  variables = learner.init(jax.random.PRNGKey(0), problem)
+  masked, _, state = fit(learner, variables, problem, batch.kp2d, batch.conf, 4,
+                         active_steps=jnp.int32(2), return_nominal=True)
+  plain, _, plain_state = fit(learner, variables, problem, batch.kp2d, batch.conf, 2,
+                              return_nominal=True)
+  np.testing.assert_allclose(masked.theta[-1], plain.theta[-1], atol=TRAJ_ATOL)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), state, plain_state)
+
+
+def test_continued_fits_carry_their_adam_state_through_the_buffer(problem):
+  batch = _batch(problem, n=8)
+  learner = _silent_adam_learner(problem)
+  # Batch rows [fresh 0-3 | continued 4-5 | fixed point 6-7]; a buffer of 2 rounds of 2 slots.
+  u = train_state.UnrollSettings("fixed", 2, 2, 2, 2, 100, 2, 0.01, 1.0)
+  buffer = train_state.empty_buffer(problem, 4, learner)
+  assert buffer.nominal.mu.shape == (4, problem.num_params)
+  stored = lgd.NominalState(jnp.full((4, problem.num_params), 0.5),
+                            jnp.full((4, problem.num_params), 2.0), jnp.array([7, 8, 9, 10]))
+  buffer = buffer.replace(age=jnp.array([3, 3, -1, -1]), nominal=stored,
+                          theta_gt=batch.theta[:4], kp3d=batch.kp3d[:4], kp2d=batch.kp2d[:4],
+                          conf=batch.conf[:4])
+  theta0 = jnp.zeros_like(batch.theta)
+  plan = unrolling.plan_unroll(problem, batch, theta0, buffer, jnp.int32(0),
+                               jax.random.PRNGKey(0), u, learner)
+  np.testing.assert_array_equal(plan.continued, [False] * 4 + [True] * 2 + [False] * 2)
+  np.testing.assert_array_equal(plan.nominal0.count, [0, 0, 0, 0, 7, 8, 0, 0])
+  np.testing.assert_array_equal(plan.nominal0.mu[4:6], 0.5)
+  np.testing.assert_array_equal(plan.nominal0.mu[:4], 0.0)
+  np.testing.assert_array_equal(plan.nominal0.nu[6:], 0.0)
+  final = lgd.NominalState(jnp.full((8, problem.num_params), 1.5),
+                           jnp.full((8, problem.num_params), 3.0), jnp.arange(8) + 20)
+  out = unrolling.update_buffer(buffer, plan, plan.theta0, jnp.int32(2), jnp.int32(0), u, final)
+  # Slots 0-1 (this step's round) take rows 4-5's states; slots 2-3 keep theirs.
+  np.testing.assert_array_equal(out.nominal.count, [24, 25, 9, 10])
+  np.testing.assert_array_equal(out.nominal.mu[:2], 1.5)
+  np.testing.assert_array_equal(out.nominal.mu[2:], 0.5)
+  np.testing.assert_array_equal(out.age[:2], 5)
+
+
+def test_stopping_rule_freezes_the_adam_state_with_the_sample(problem):
+  batch = _batch(problem, n=4)
+  learner = _silent_adam_learner(problem, rate=0.05)
+  variables = learner.init(jax.random.PRNGKey(0), problem)
+  full, _ = fit(learner, variables, problem, batch.kp2d, batch.conf, 12)
+  traj, stop = fit_until(learner, variables, problem, batch.kp2d, batch.conf, 12, 5e-2, 2)
+  for b in range(4):
+    n = int(stop.steps[b])
+    np.testing.assert_allclose(traj.theta[:n + 1, b], full.theta[:n + 1, b], atol=TRAJ_ATOL)
+    np.testing.assert_array_equal(traj.theta[-1, b], traj.theta[n, b])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,7 +370,8 @@ def test_buffer_is_checkpointed_and_restored_exactly(tmp_path):
   config = tiny_train_config(**{"unroll.late_fraction": 0.25, "unroll.buffer_rounds": 2,
                                 "unroll.max_age": 6, "unroll.fixed_point_fraction": 0.125,
                                 "loss.update": 1.0, "unroll.length": "log_uniform",
-                                "unroll.max_steps": 3, "batch_size": 16})
+                                "unroll.max_steps": 3, "batch_size": 16,
+                                "model.nominal": "adam", "model.gd_rate": 0.01})
   config.num_epochs = 2
   config.steps_per_epoch = 4
   config.checkpoint_every = 4
@@ -295,10 +386,40 @@ def test_buffer_is_checkpointed_and_restored_exactly(tmp_path):
   restored = checkpoints.restore_verified(mngr, 4, template)
   jax.tree.map(np.testing.assert_array_equal, restored.buffer, half.buffer)
   assert int(np.max(np.asarray(restored.buffer.age))) > 0
+  assert int(np.max(np.asarray(restored.buffer.nominal.count))) > 0
   config.num_epochs = 2
   resumed = loop.train_and_evaluate(config, str(tmp_path / "b"), show_progress=False)
   jax.tree.map(np.testing.assert_array_equal, resumed.buffer, uninterrupted.buffer)
   jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
+
+
+class _OldFitBuffer(flax.struct.PyTreeNode):
+  """train_state.FitBuffer as it was before the nominal term's state (2026-12-07)."""
+
+  theta_gt: jnp.ndarray
+  kp3d: jnp.ndarray
+  kp2d: jnp.ndarray
+  conf: jnp.ndarray
+  theta: jnp.ndarray
+  age: jnp.ndarray
+
+
+def test_a_checkpoint_from_before_the_nominal_state_restores(tmp_path):
+  config = tiny_train_config(**{"unroll.late_fraction": 0.25, "unroll.buffer_rounds": 1,
+                                "batch_size": 16})
+  problem = build.problem_from_config(config, body.tiny_model(num_verts=300))
+  learner = build.make_learner(config, problem)
+  state = train_state.new_state(config, learner, problem, build.make_optimizer(config, 4))
+  assert state.buffer is not None and state.buffer.nominal is None
+  # What a checkpoint of the fit buffer looked like before it had the nominal term's field.
+  fields = ("theta_gt", "kp3d", "kp2d", "conf", "theta", "age")
+  old = state.replace(buffer=_OldFitBuffer(*(getattr(state.buffer, f) + 1 for f in fields)))
+  mngr = checkpoints.manager(str(tmp_path))
+  checkpoints.save(mngr, 3, old, config)
+  restored = checkpoints.restore_verified(mngr, 3, state)
+  assert restored.buffer.nominal is None
+  for f in fields:
+    np.testing.assert_array_equal(getattr(restored.buffer, f), getattr(old.buffer, f))
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -308,6 +429,8 @@ def test_buffer_is_checkpointed_and_restored_exactly(tmp_path):
     ({"model.norm": "group"}, "model.norm"),
     ({"objective_loss": "huber"}, "objective_loss"),
     ({"model.damping": -1.0}, "model.damping"),
+    ({"model.damping_power": 0.0}, "model.damping_power"),
+    ({"model.nominal": "momentum"}, "model.nominal"),
 ])
 def test_config_mistakes_name_the_field(overrides, field):
   config = tiny_train_config(**overrides)

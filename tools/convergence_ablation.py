@@ -102,7 +102,9 @@ def table(workdir: str, names) -> str:
     meta = meta or res
     for start in ("zero", "one_step"):
       r = res["rows"][start]["lgd"]
-      what = variants.get(name, ("", {}))[0]
+      what = variants.get(name.partition("@s")[0], ("", {}))[0]
+      if "@s" in name:
+        what = f"seed {name.partition('@s')[2]}"
       lines.append(
           f"| {name} | {what if start == 'zero' else ''} | {start.replace('_', ' ')} | "
           + " | ".join(f"{r[f'pa@{i}']:.1f}" for i in PA_ITERS)
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
   for name in names:
     config = mod.get_config(name)
     wd = os.path.join(args.workdir, name)
-    print(f"== {name}: {mod.VARIANTS[name][0]}", file=sys.stderr, flush=True)
+    print(f"== {name}: {mod.VARIANTS[name.partition('@s')[0]][0]}", file=sys.stderr, flush=True)
     seconds = train(name, wd, config)
     res = evaluate(name, wd, args.classical)
     res["machine"] = machine()

@@ -50,6 +50,9 @@ def add_flags(parser: argparse.ArgumentParser, prefix: str = "", helps: dict | N
   add("--no-png", f"{prefix}no PNG per person", action="store_true")
   add("--refine-steps", f"{prefix}iterations of the classical refinement in the image's camera "
       "after the learned steps (default 100; 0 = none)", type=int, default=None)
+  add("--no-relabel", f"{prefix}fit the limbs as labelled (default: also with the left and right "
+      "of the arms, and of the legs, exchanged, keeping each person's most plausible fit)",
+      action="store_true")
   add("--until-converged", "iterate the learned update until each sample's objective changes by "
       "less than --tol (relative), at most --steps (default 10 N)", action="store_true")
   add("--tol", "--until-converged: relative change of the objective (default 1e-4)", type=float,
@@ -82,7 +85,8 @@ def fit_keypoints(args: argparse.Namespace, log) -> None:
                                 focal_length=args.focal_length, overwrite=args.overwrite,
                                 log=log, draw=not args.no_png, confidence=args.confidence,
                                 until_converged=args.until_converged, tol=args.tol,
-                                refine_steps=args.refine_steps, **kwargs)
+                                refine_steps=args.refine_steps, relabel=not args.no_relabel,
+                                **kwargs)
   print(detections.table(summary))
 
 

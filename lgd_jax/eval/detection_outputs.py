@@ -197,10 +197,11 @@ def prepare(out: Path, stems: Sequence[str], draw: bool, overwrite: bool) -> Non
 
 
 def write_fits(out: Path, inputs, results, faces: np.ndarray, draw: bool, skipped: list,
-               log) -> list[dict]:
+               log, labels: Sequence[str] = ("as given",)) -> list[dict]:
   """Writes every finite fit of ``results`` (``(persons, BatchFit)`` pairs, the persons indexing
   :class:`lgd_jax.eval.detection_inputs.Inputs` ``inputs``) and returns their summary entries; a
-  fit that is not finite is added to ``skipped`` instead."""
+  fit that is not finite is added to ``skipped`` instead. ``labels`` names the limb labellings
+  (``BatchFit.labelling`` indexes them)."""
   det = inputs.det
   fits, image_cache = [], {}
   for idx, res in results:
@@ -223,6 +224,7 @@ def write_fits(out: Path, inputs, results, faces: np.ndarray, draw: bool, skippe
           reproj_px=float(pl.reproj_px[b]), reproj=float(res.reproj[b]),
           reproj_px_learned=float(res.reproj_px_learned[b]),
           learned_steps=int(res.learned_steps[b]), refine_steps=int(res.refine_steps),
+          limbs_relabelled=labels[int(res.labelling[b])],
           num_confident_joints=int(inputs.num_conf[i]), in_front_of_camera=bool(pl.in_front[b]),
           focal_length=info["focal"], camera_center=list(info["center"]),
           image=None if info["image"] is None else str(info["image"]),

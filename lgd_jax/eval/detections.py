@@ -85,6 +85,7 @@ from lgd_jax import body, parallel
 from lgd_jax.data.detection_files import _LABELS, MIN_JOINTS, DetectionError
 from lgd_jax.eval import detection_inputs, detection_outputs
 from lgd_jax.fitting import lgd, objective, refine, smplify
+from lgd_jax.fitting import relabel as relabelling
 from lgd_jax.fitting.objective import Problem
 from lgd_jax.geometry import camera, rotations
 from lgd_jax.geometry.numerics import full_precision
@@ -189,7 +190,10 @@ class BatchFit(NamedTuple):
     learned_steps: (B,) learned iterations each person got (its stop with the stopping rule).
     refine_steps: () classical refinement iterations (0: none).
     reproj_px_learned: (B,) re-projection error in pixels before the refinement.
-    weights: (B, K) the confidences the fit used (after the confidence rule).
+    weights: (B, K) the confidences the fit used (after the confidence rule; in the labelling
+      kept).
+    labelling: (B,) the labelling of the limbs kept (an index into
+      :func:`lgd_jax.fitting.relabel.hypotheses`; 0 = as given).
   """
 
   placement: Placement
@@ -199,17 +203,20 @@ class BatchFit(NamedTuple):
   refine_steps: jnp.ndarray
   reproj_px_learned: jnp.ndarray
   weights: jnp.ndarray
+  labelling: jnp.ndarray
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "with_vertices", "confidence",
-                                             "until_converged", "refine_steps", "start"))
+                                             "until_converged", "refine_steps", "start",
+                                             "relabel"))
 def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.ndarray,
               conf: jnp.ndarray, focal: jnp.ndarray, center: jnp.ndarray, num_steps: int,
               with_vertices: bool = True, confidence: str = "binary",
               until_converged: bool = False, tol=DEFAULT_TOL, min_steps: int = 1,
               refine_steps: int = 0, prior=None,
               refine_weights: refine.RefineWeights = refine.DEFAULT_WEIGHTS,
-              start: str = "learned") -> BatchFit:
+              start: str = "learned", relabel: bool = False,
+              relabel_margin=relabelling.DEFAULT_MARGIN) -> BatchFit:
   """Fits a batch of detections with the learned optimiser (inference mode) and places it.
 
   Args:
@@ -230,7 +237,15 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
     start: "learned" (the learned fit), or "zero": no learned step — the zero pose turned by
       SPIN's orientation stage (:func:`lgd_jax.fitting.smplify.smplify`'s stage 1, the best of 8
       turns), the start of the SMPLify-style baseline (static).
+    relabel: fit every left/right labelling of the limbs and keep each person's most plausible
+      fit (:mod:`lgd_jax.fitting.relabel`; static; costs one fit per labelling).
+    relabel_margin: how much lower (relative) another labelling's score must be.
   """
+  h = 1
+  if relabel:
+    perms = jnp.asarray(relabelling.hypotheses(problem.kpset)[0])
+    h = perms.shape[0]
+    keypoints, conf, focal, center = relabelling.expand(perms, keypoints, conf, focal, center)
   kp2d, w = normalise_input(problem, keypoints, conf, focal, center, confidence)
   if start == "zero":
     traj = smplify.smplify(problem, kp2d, w, (SMPLIFY_ORIENT_STEPS, 0), pose_prior=prior)
@@ -249,13 +264,21 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
     theta, t, _ = refine.refine(problem, theta, placement.cam_translation, keypoints, w, focal,
                                 center, refine_steps, prior, refine_weights)
     placement = place(problem, theta, keypoints, w, focal, center, translation=t)
+  labelling = jnp.zeros((keypoints.shape[0] // h,), jnp.int32)
+  reproj = traj.loss[-1]
+  if relabel:
+    scores = refine.plausibility(problem, theta, placement.cam_translation, keypoints, w, focal,
+                                 center, prior, refine_weights).reshape(h, -1)
+    labelling = relabelling.choose(scores, relabel_margin)
+    placement, reproj, steps, learned_px, w = relabelling.select(
+        (placement, reproj, steps, learned_px, w), labelling, h)
   if with_vertices:
     pose = jnp.concatenate([placement.global_orient, placement.body_pose], -1)
     vertices = body.forward(problem.model, pose, placement.betas, placement.transl).vertices
   else:
-    vertices = jnp.zeros(keypoints.shape[:1] + (0, 3), keypoints.dtype)
-  return BatchFit(placement, traj.loss[-1], vertices, steps, jnp.int32(refine_steps), learned_px,
-                  w)
+    vertices = jnp.zeros(placement.betas.shape[:1] + (0, 3), keypoints.dtype)
+  return BatchFit(placement, reproj, vertices, steps, jnp.int32(refine_steps), learned_px, w,
+                  labelling)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +292,8 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
              confidence: str = "binary", until_converged: bool = False, tol: float = DEFAULT_TOL,
              refine_steps: int | None = None, prior="default",
              refine_weights: refine.RefineWeights = refine.DEFAULT_WEIGHTS,
-             start: str = "learned") -> dict:
+             start: str = "learned", relabel: bool = True,
+             relabel_margin: float = relabelling.DEFAULT_MARGIN) -> dict:
   """Fits every person of a keypoint file or directory and writes the results to ``out_dir``.
 
   Args:
@@ -296,6 +320,9 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
       None.
     refine_weights: the refinement's constants.
     start: "learned", or "zero" for the SMPLify-style baseline (see :func:`fit_batch`).
+    relabel: also fit the detections with the left and right of the arms, and of the legs,
+      exchanged, and keep each person's most plausible fit (:mod:`lgd_jax.fitting.relabel`;
+      default); ``relabel_margin``: by how much another labelling must win.
 
   Returns:
     The summary written to ``out_dir/summary.json``.
@@ -325,10 +352,11 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
   results, t_fit = _fit_persons(
       restored, inputs, todo, batch_size, log, num_steps, confidence=confidence,
       until_converged=until_converged, tol=tol, min_steps=min(window, num_steps),
-      refine_steps=refine_steps, prior=prior, refine_weights=refine_weights, start=start)
+      refine_steps=refine_steps, prior=prior, refine_weights=refine_weights, start=start,
+      relabel=relabel, relabel_margin=relabel_margin)
   t_write0 = time.perf_counter()
   fits = detection_outputs.write_fits(out, inputs, results, np.asarray(problem.model.faces), draw,
-                                      skipped, log)
+                                      skipped, log, relabelling.hypotheses(problem.kpset)[1])
   t_end = time.perf_counter()
   summary = detection_outputs.summary(
       restored, inputs, fits, skipped, num_steps=num_steps, window=window,

@@ -47,20 +47,30 @@ class Trajectory(NamedTuple):
 class Learner(flax.struct.PyTreeNode):
   """The learned optimiser's static structure.
 
-  One step is Θ_{n+1} = Θ_n + s_n · g(∂L/∂Θ_n) · N_w(features_n) - α ⊙ ∂L/∂Θ_n, where
+  One step is Θ_{n+1} = Θ_n + s_n · g(∂L/∂Θ_n) · N_w(features_n) - α ⊙ d_n, where
 
-  * s_n = ``output_scale`` · τ / (τ + n) with τ = ``damping`` (no damping when 0): a scheduled
-    step size that shrinks with the iteration n (learned optimisers scale their outputs by small
-    multipliers, google/learned_optimization ``mlp_lopt.py``; a harmonic schedule keeps the sum
-    of steps unbounded, so the fit can still go anywhere, while the steps themselves vanish);
+  * s_n = ``output_scale`` · (τ / (τ + n))^p with τ = ``damping`` (no damping when 0) and
+    p = ``damping_power``: a scheduled step size that shrinks with the iteration n (learned
+    optimisers scale their outputs by small multipliers, google/learned_optimization
+    ``mlp_lopt.py``). p = 1, a harmonic schedule, keeps the sum of the network's steps unbounded:
+    the network can still take the fit anywhere. p = 2 makes that sum finite, so past the
+    training window the network's share fades and the nominal term below decides where the fit
+    converges;
   * g(·) = tanh(||∂L/∂Θ_n|| / ``gate``) when ``gate`` > 0, else 1: the network's update is
     switched off where the gradient vanishes, so an exact fit is a fixed point by construction
     (as LVD's field is zero at its solution; with the robust or L2 objective only);
   * α = exp(learned log-rates) per parameter when ``gd_rate`` > 0 (initialised at ``gd_rate``),
-    else 0: a learned, diagonally preconditioned gradient step beside the network, the "nominal"
-    descent term that keeps a learned optimiser descending where its network is unsure (Metz et
-    al. 2022, "Practical tradeoffs between memory, compute, and performance in learned
-    optimizers"; Heaton et al. 2020, "Safeguarded learned convex optimization").
+    else 0: the rates of a "nominal" descent term beside the network, which keeps a learned
+    optimiser descending where its network is unsure (Metz et al. 2022, "Practical tradeoffs
+    between memory, compute, and performance in learned optimizers"; Heaton et al. 2020,
+    "Safeguarded learned convex optimization"). Its direction d_n is ``nominal``: "gd", the
+    gradient ∂L/∂Θ_n itself (a diagonally preconditioned gradient step), or "adam", Adam's
+    bias-corrected m̂_n / (√v̂_n + ε) from moments of the per-sample gradients that the fit
+    carries (:class:`NominalState`; Kingma & Ba 2015). The robust objective's curvature grows
+    sharply near a good fit, where a fixed gradient step oscillates; Adam's per-parameter
+    normalisation, with its second moment remembering the larger gradients of earlier
+    iterations, takes steps that shrink as the fit settles, so the iterates approach a stationary
+    point of the objective.
 
   Attributes:
     update_net: the network N_w; maps features (B, F) to updates (B, P).
@@ -74,7 +84,7 @@ class Learner(flax.struct.PyTreeNode):
     unroll: lax.scan's unroll factor.
     damping: τ of the step-size schedule (0: constant).
     gate: gradient-norm scale of the update's gate (0: no gate).
-    gd_rate: initial rate of the learned gradient term (0: no such term).
+    gd_rate: initial rate α of the learned nominal term (0: no such term).
     step_input: the update network takes the step index (per-step BatchNorm).
     remat: what the training backward keeps of the update network's activations: "none"
       (everything autodiff saves), "dots" (only the matmul outputs; the elementwise layers,
@@ -83,6 +93,8 @@ class Learner(flax.struct.PyTreeNode):
       recomputed), "step" (the whole scan step, the objective's gradient and the body model
       included, keeps only its matmul outputs). Same values, less memory; inference is
       unaffected.
+    nominal: the nominal term's direction, "gd" or "adam" (see above).
+    damping_power: p of the step-size schedule.
   """
 
   update_net: nn.Module = flax.struct.field(pytree_node=False)
@@ -98,6 +110,8 @@ class Learner(flax.struct.PyTreeNode):
   gd_rate: float = flax.struct.field(pytree_node=False, default=0.0)
   step_input: bool = flax.struct.field(pytree_node=False, default=False)
   remat: str = flax.struct.field(pytree_node=False, default="none")  # configs: "dots"
+  nominal: str = flax.struct.field(pytree_node=False, default="gd")
+  damping_power: float = flax.struct.field(pytree_node=False, default=1.0)
 
   def init(self, rng, problem: Problem, batch: int = 2):
     """Network variables {"params", "batch_stats"} for ``problem``."""
@@ -189,13 +203,58 @@ def finish_trajectory(problem, hist, theta, kp2d, conf) -> Trajectory:
 
 
 
+NOMINALS = ("gd", "adam")
+# Adam's constants for the "adam" nominal term (Kingma & Ba 2015; optax.adam's defaults), and
+# optax's eps_root inside the square root, so that a parameter whose gradient is always zero
+# (SMPL's hands for a body keypoint set) has a finite derivative there too.
+ADAM_B1, ADAM_B2, ADAM_EPS, ADAM_EPS_ROOT = 0.9, 0.999, 1e-8, 1e-30
+
+
+class NominalState(NamedTuple):
+  """Adam's moments of one fit's gradients, per sample (the "adam" nominal term).
+
+  Attributes:
+    mu: (B, P) first moment.
+    nu: (B, P) second moment.
+    count: (B,) int32 gradients folded in (the bias correction's t).
+  """
+
+  mu: jnp.ndarray
+  nu: jnp.ndarray
+  count: jnp.ndarray
+
+
+def nominal_init(learner: Learner, theta) -> NominalState | None:
+  """The nominal term's state at the start of a fit (None when it keeps none)."""
+  if learner.nominal != "adam" or learner.gd_rate <= 0:
+    return None
+  # Two arrays, not one used twice: a train state's buffers are donated one by one.
+  return NominalState(jnp.zeros_like(theta), jnp.zeros_like(theta),
+                      jnp.zeros(theta.shape[:1], jnp.int32))
+
+
+def _adam_direction(state: NominalState, g):
+  """Adam's bias-corrected m̂ / (sqrt(v̂) + ε) after folding in ``g``, and the new state."""
+  count = state.count + 1
+  mu = ADAM_B1 * state.mu + (1.0 - ADAM_B1) * g
+  nu = ADAM_B2 * state.nu + (1.0 - ADAM_B2) * jnp.square(g)
+  t = count.astype(g.dtype)[:, None]
+  m_hat = mu / (1.0 - ADAM_B1 ** t)
+  v_hat = nu / (1.0 - ADAM_B2 ** t)
+  return m_hat / (jnp.sqrt(v_hat + ADAM_EPS_ROOT) + ADAM_EPS), NominalState(mu, nu, count)
+
+
 def learned_step(learner: Learner, params, stats, problem: Problem, theta, grad, kp2d, conf,
-                 iteration, train: bool, rng, scan_step=0):
-  """One learned update from Θ_n with gradient ``grad``; returns (Θ_{n+1}, updated stats).
+                 iteration, train: bool, rng, scan_step=0, nominal: NominalState | None = None):
+  """One learned update from Θ_n with gradient ``grad``.
 
   Args:
     iteration: (B,) or scalar iteration index n of each sample (the step-size schedule's n).
     scan_step: the step index within this call's unroll (per-step BatchNorm's row).
+    nominal: the nominal term's state (:func:`nominal_init`; None when it keeps none).
+
+  Returns:
+    (Θ_{n+1}, updated batch stats, the nominal term's new state).
   """
   g = jax.lax.stop_gradient(grad) if learner.stop_gradient else grad
   feats = _features(learner, kp2d, conf, theta, g)
@@ -204,18 +263,22 @@ def learned_step(learner: Learner, params, stats, problem: Problem, theta, grad,
   scale = jnp.full(theta.shape[:1], learner.output_scale, theta.dtype)
   if learner.damping > 0:
     n = jnp.broadcast_to(jnp.asarray(iteration, theta.dtype), theta.shape[:1])
-    scale = scale * learner.damping / (learner.damping + n)
+    scale = scale * jnp.power(learner.damping / (learner.damping + n), learner.damping_power)
   if learner.gate > 0:
     scale = scale * jnp.tanh(jnp.linalg.norm(g, axis=-1) / learner.gate)
   new = theta + scale[:, None] * delta
   if learner.gd_rate > 0:
-    new = new - jnp.exp(params["gd"]["log_rate"]) * g
-  return new, stats
+    direction = g
+    if learner.nominal == "adam":
+      direction, nominal = _adam_direction(nominal, g)
+    new = new - jnp.exp(params["gd"]["log_rate"]) * direction
+  return new, stats, nominal
 
 
 def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: jnp.ndarray,
         num_steps: int, train: bool = False, rng=None, theta0: jnp.ndarray | None = None,
-        active_steps=None, start_iteration=None):
+        active_steps=None, start_iteration=None, nominal0: NominalState | None = None,
+        return_nominal: bool = False):
   """Runs ``num_steps`` learned updates on a batch.
 
   Args:
@@ -234,9 +297,12 @@ def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: 
       changes the compiled program.
     start_iteration: optional (B,) iteration index of Θ_0 (a fit continued from a stored state
       starts at its age), for the step-size schedule; default 0.
+    nominal0: the nominal term's state at Θ_0 (a continued fit's); default a fresh one.
+    return_nominal: also return the nominal term's final state.
 
   Returns:
-    (:class:`Trajectory` over steps 0..M, updated batch_stats).
+    (:class:`Trajectory` over steps 0..M, updated batch_stats), and the nominal term's final
+    state (:class:`NominalState` or None) with ``return_nominal``.
   """
   rng = jax.random.PRNGKey(0) if rng is None else rng
   r_init, r_steps = jax.random.split(rng)
@@ -247,23 +313,30 @@ def fit(learner: Learner, variables, problem: Problem, kp2d: jnp.ndarray, conf: 
   b = kp2d.shape[0]
   first = jnp.zeros((b,), jnp.int32) if start_iteration is None else start_iteration
 
+  nominal = nominal_init(learner, theta0) if nominal0 is None else nominal0
+
   def step(carry, i):
-    theta, upd_stats = carry
+    theta, nom, upd_stats = carry
     grad, out = grad_and_record(problem, theta, kp2d, conf)
-    new, new_stats = learned_step(learner, params, upd_stats, problem, theta, grad, kp2d, conf,
-                                  first + i, train, jax.random.fold_in(r_steps, i), i)
+    new, new_stats, new_nom = learned_step(learner, params, upd_stats, problem, theta, grad,
+                                           kp2d, conf, first + i, train,
+                                           jax.random.fold_in(r_steps, i), i, nom)
     if active_steps is not None:
       on = jnp.broadcast_to(i < active_steps, (b,))
       new = jnp.where(on[:, None], new, theta)
+      new_nom = jax.tree.map(lambda a, o: jnp.where(on.reshape((b,) + (1,) * (a.ndim - 1)),
+                                                    a, o), new_nom, nom)
       any_on = jnp.any(on)
       new_stats = jax.tree.map(lambda a, o: jnp.where(any_on, a, o), new_stats, upd_stats)
-    return (new, new_stats), out
+    return (new, new_nom, new_stats), out
 
   if train and learner.remat == "step":
     step = jax.checkpoint(step, policy=_REMAT_POLICIES["dots"])
-  (theta, upd_stats), hist = jax.lax.scan(step, (theta0, stats["update"]), jnp.arange(num_steps),
-                                          unroll=max(1, min(learner.unroll, num_steps)))
-  return finish_trajectory(problem, hist, theta, kp2d, conf), {**stats, "update": upd_stats}
+  (theta, nominal, upd_stats), hist = jax.lax.scan(
+      step, (theta0, nominal, stats["update"]), jnp.arange(num_steps),
+      unroll=max(1, min(learner.unroll, num_steps)))
+  out = finish_trajectory(problem, hist, theta, kp2d, conf), {**stats, "update": upd_stats}
+  return (*out, nominal) if return_nominal else out
 
 
 class StopRecord(NamedTuple):
@@ -310,21 +383,23 @@ def fit_until_converged(learner: Learner, variables, problem: Problem, kp2d, con
     return (n < max_steps) & ~jnp.all(done)
 
   def body(s):
-    n, theta, grad, done, stop, hist = s
-    new, _ = learned_step(learner, params, stats["update"], problem, theta, grad, kp2d, conf, n,
-                          False, None, n)
+    n, theta, grad, done, stop, hist, nom = s
+    new, _, new_nom = learned_step(learner, params, stats["update"], problem, theta, grad, kp2d,
+                                   conf, n, False, None, n, nom)
     new = jnp.where(done[:, None], theta, new)
+    new_nom = jax.tree.map(lambda a, o: jnp.where(done.reshape((b,) + (1,) * (a.ndim - 1)), o, a),
+                           new_nom, nom)
     new_grad, rec = grad_and_record(problem, new, kp2d, conf)
     prev_loss = hist[1][n]
     rel = jnp.abs(rec[1] - prev_loss) <= tol * prev_loss
     now = ~done & (n + 1 >= min_steps) & (rel | (rec[1] <= abs_tol))
     stop = jnp.where(now, n + 1, stop)
     hist = jax.tree.map(lambda h, r: h.at[n + 1].set(r), hist, rec)
-    return n + 1, new, new_grad, done | now, stop, hist
+    return n + 1, new, new_grad, done | now, stop, hist, new_nom
 
   init = (jnp.int32(0), theta0, grad0, jnp.zeros((b,), bool), jnp.full((b,), max_steps, jnp.int32),
-          hist)
-  n, theta, _, done, stop, hist = jax.lax.while_loop(cond, body, init)
+          hist, nominal_init(learner, theta0))
+  n, theta, _, done, stop, hist, _ = jax.lax.while_loop(cond, body, init)
   # Steps after the loop ended repeat the final state.
   idx = jnp.minimum(jnp.arange(max_steps + 1), n)
   hist = jax.tree.map(lambda h: h[idx], hist)

@@ -88,28 +88,30 @@ def train_step(state: TrainState, problem: Problem, source: PoseSource, base_key
       traj, stats = lgd.fit(learner, variables, problem, batch.kp2d, batch.conf,
                             settings.num_steps, train=True, rng=k_drop)
       loss, parts = training_loss(problem, traj, batch, weights)
-      return loss, (stats, parts, traj, None)
+      return loss, (stats, parts, (traj, None), None)
     k_init, k_fit = jax.random.split(k_drop)
     theta0, stats = lgd.initial_guess(learner, variables, problem, batch.kp2d, batch.conf,
                                       train=True, rng=k_init)
-    plan = plan_unroll(problem, batch, theta0, state.buffer, state.step, k_fp, u)
+    plan = plan_unroll(problem, batch, theta0, state.buffer, state.step, k_fp, u, learner)
     variables = {"params": params, "batch_stats": stats}
-    traj, stats = lgd.fit(learner, variables, problem, plan.batch.kp2d, plan.batch.conf,
-                          u.scan_steps, train=True, rng=k_fit, theta0=plan.theta0,
-                          active_steps=None if u.length == "fixed" else length,
-                          start_iteration=plan.start_iteration)
+    traj, stats, nominal = lgd.fit(learner, variables, problem, plan.batch.kp2d,
+                                   plan.batch.conf, u.scan_steps, train=True, rng=k_fit,
+                                   theta0=plan.theta0,
+                                   active_steps=None if u.length == "fixed" else length,
+                                   start_iteration=plan.start_iteration,
+                                   nominal0=plan.nominal0, return_nominal=True)
     step_w = step_weights(length, u.scan_steps + 1, u.gamma)
     loss, parts = training_loss(problem, traj, plan.batch, weights, step_w, plan.fixed_point,
                                 length)
-    return loss, (stats, parts, traj, plan)
+    return loss, (stats, parts, (traj, nominal), plan)
 
-  (loss, (stats, parts, traj, plan)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  (loss, (stats, parts, (traj, nominal), plan)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   learning_rate = learning_rate_schedule(settings.optimizer)(_schedule_count(state.opt_state))
   updates, opt_state = _adam(settings.optimizer).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   buffer = state.buffer if plan is None else update_buffer(state.buffer, plan, traj.theta[-1],
-                                                           length, state.step, u)
+                                                           length, state.step, u, nominal)
   # A non-finite loss or gradient never reaches the state; "stop" also freezes every later step
   # until the host notices (at the next log or checkpoint) and stops.
   finite = jnp.isfinite(loss) & jnp.all(jnp.stack(

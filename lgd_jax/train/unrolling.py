@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from lgd_jax.data.batches import Batch
+from lgd_jax.fitting import lgd
 from lgd_jax.fitting.objective import Problem
 from lgd_jax.train_state import FitBuffer, UnrollSettings
 
@@ -43,15 +44,19 @@ class UnrollPlan(NamedTuple):
   start_iteration: jnp.ndarray  # (B,) iteration index of theta0
   continued: jnp.ndarray  # (B,) bool: the row continues a stored fit
   fixed_point: jnp.ndarray  # (B,) bool: the row starts near its ground truth
+  nominal0: lgd.NominalState | None = None  # the nominal term's starting state (None: fresh)
 
 
 def plan_unroll(problem: Problem, batch: Batch, theta0, buffer: FitBuffer | None, step, key,
-                u: UnrollSettings) -> UnrollPlan:
+                u: UnrollSettings, learner: lgd.Learner | None = None) -> UnrollPlan:
   """Replaces the batch's last rows by continued fits and fixed-point starts (all traced).
 
-  Layout: [fresh | late (``u.late`` rows) | fixed point (``u.fixed_point`` rows)].
+  Layout: [fresh | late (``u.late`` rows) | fixed point (``u.fixed_point`` rows)]. A continued
+  fit also continues its nominal term's state (``learner``'s, when it keeps one); the other rows
+  start it afresh.
   """
   b = batch.theta.shape[0]
+  nominal0 = None if learner is None else lgd.nominal_init(learner, theta0)
   start_it = jnp.zeros((b,), jnp.int32)
   continued = jnp.zeros((b,), bool)
   fixed = jnp.zeros((b,), bool)
@@ -70,6 +75,8 @@ def plan_unroll(problem: Problem, batch: Batch, theta0, buffer: FitBuffer | None
                           kp3d=take(batch.kp3d, buffer.kp3d),
                           kp2d=take(batch.kp2d, buffer.kp2d), conf=take(batch.conf, buffer.conf))
     theta0 = take(theta0, jax.lax.stop_gradient(buffer.theta))
+    if nominal0 is not None:
+      nominal0 = jax.tree.map(take, nominal0, buffer.nominal)
     start_it = start_it.at[lo:lo_fp].set(jnp.where(valid, _rows(buffer.age, slot, u.late), 0))
     continued = continued.at[lo:lo_fp].set(valid)
   if u.fixed_point:
@@ -80,12 +87,13 @@ def plan_unroll(problem: Problem, batch: Batch, theta0, buffer: FitBuffer | None
     age = jax.random.randint(k_age, (u.fixed_point,), 0, max(u.max_age, u.max_steps) + 1)
     start_it = start_it.at[lo_fp:].set(age)
     fixed = fixed.at[lo_fp:].set(True)
-  return UnrollPlan(batch, theta0, start_it, continued, fixed)
+  return UnrollPlan(batch, theta0, start_it, continued, fixed, nominal0)
 
 
 def update_buffer(buffer: FitBuffer | None, plan: UnrollPlan, final_theta, length, step,
-                  u: UnrollSettings) -> FitBuffer | None:
-  """Writes the late rows' reached states (and their samples) back into the visited slots."""
+                  u: UnrollSettings, final_nominal=None) -> FitBuffer | None:
+  """Writes the late rows' reached states (their nominal states too, and their samples) back
+  into the visited slots."""
   if not u.late:
     return buffer
   b = plan.batch.theta.shape[0]
@@ -97,4 +105,6 @@ def update_buffer(buffer: FitBuffer | None, plan: UnrollPlan, final_theta, lengt
                    put(buffer.kp2d, plan.batch.kp2d[lo:hi]),
                    put(buffer.conf, plan.batch.conf[lo:hi]),
                    put(buffer.theta, final_theta[lo:hi]),
-                   put(buffer.age, plan.start_iteration[lo:hi] + length))
+                   put(buffer.age, plan.start_iteration[lo:hi] + length),
+                   None if final_nominal is None else jax.tree.map(
+                       lambda a, rows: put(a, rows[lo:hi]), buffer.nominal, final_nominal))

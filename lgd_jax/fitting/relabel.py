@@ -1,0 +1,96 @@
+"""Left/right relabelling of detected limbs: fit each labelling, keep the one explained best.
+
+2D detectors confuse a person's left and right, most often a whole limb at once (OpenPose labels a
+leg or an arm of the other side when the person turns away or crosses them). A fit that trusts
+the labels must then twist the torso or cross the limbs to reach them, and no robust penalty
+helps: the swapped joints are not outliers, they are consistent with a wrong body. As SMPLify's
+users do by hand (and 3D pose pipelines do when they test the mirrored labelling of a
+detection), the labellings are fitted here side by side, the input as given and with the left
+and right of one limb group (the arms, or the legs) exchanged, and each person keeps the
+labelling whose fit has the lowest :func:`lgd_jax.fitting.refine.plausibility` — the robust 2D
+error plus the pose and angle priors: a swapped limb is either fitted badly or fitted by an
+implausible body. Another labelling must beat the given one by a relative ``margin``, so clean
+detections keep theirs.
+
+Both groups exchanged at once is not among the labellings: with the face's keypoints kept, that
+is the body seen from the other side, which fits a 2D skeleton about as well as the truth (the
+depth ambiguity of a monocular view), so the 2D error cannot decide it; on rendered detections
+of known bodies it was chosen for clean inputs (``tools/detection_benchmark.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lgd_jax import body
+
+# The left/right groups a detector confuses together (a limb: its three joints).
+LIMB_GROUPS = (("shoulder", "elbow", "wrist"), ("hip", "knee", "ankle"))
+# How much lower (relative) another labelling's score must be than the given one's.
+DEFAULT_MARGIN = 0.2
+
+
+def _group_permutation(names, group) -> np.ndarray | None:
+  perm = np.arange(len(names))
+  for part in group:
+    left, right = f"left_{part}", f"right_{part}"
+    if left in names and right in names:
+      i, j = names.index(left), names.index(right)
+      perm[i], perm[j] = j, i
+  return None if (perm == np.arange(len(names))).all() else perm
+
+
+@functools.cache
+def hypotheses(kpset: str) -> tuple[np.ndarray, tuple[str, ...]]:
+  """The labellings of ``kpset``: ((H, K) index permutations, H labels), the given labelling
+  first ("as given"), then each limb group of :data:`LIMB_GROUPS` the set has, exchanged
+  ("arms", "legs"). Keypoint k of labelling h is the detection's keypoint ``perm[h, k]``."""
+  names = list(body.get_keypoint_set(kpset).names)
+  perms, labels = [np.arange(len(names))], ["as given"]
+  for label, group in zip(("arms", "legs"), LIMB_GROUPS):
+    perm = _group_permutation(names, group)
+    if perm is not None:
+      perms.append(perm)
+      labels.append(label)
+  return np.stack(perms), tuple(labels)
+
+
+def expand(perms: jnp.ndarray, keypoints: jnp.ndarray, conf: jnp.ndarray, *per_person):
+  """Every person under every labelling, hypothesis-major: (H·B, K, ...) keypoints and
+  confidences, and each of ``per_person`` ((B, ...) arrays) repeated H times."""
+  h = perms.shape[0]
+  kp = keypoints[:, perms].swapaxes(0, 1).reshape((-1,) + keypoints.shape[1:])
+  c = conf[:, perms].swapaxes(0, 1).reshape((-1,) + conf.shape[1:])
+  rest = tuple(jnp.tile(a, (h,) + (1,) * (a.ndim - 1)) for a in per_person)
+  return (kp, c, *rest)
+
+
+def choose(scores: jnp.ndarray, margin: float = DEFAULT_MARGIN) -> jnp.ndarray:
+  """(H, B) scores (lower is better; row 0 the given labelling) -> (B,) the labelling kept: the
+  best one if its score is below the given labelling's by more than ``margin`` times the
+  latter's magnitude, else 0. A labelling whose fit is not finite never wins, and any finite
+  one beats a given labelling whose fit is not."""
+  scores = jnp.where(jnp.isfinite(scores), scores, jnp.inf)
+  best = jnp.argmin(scores, 0)
+  lowest = jnp.min(scores, 0)
+  given = scores[0]
+  wins = jnp.isfinite(lowest) & (~jnp.isfinite(given)
+                                 | (lowest < given - margin * jnp.abs(given)))
+  return jnp.where(wins, best, 0)
+
+
+def select(tree, choice: jnp.ndarray, num_hypotheses: int):
+  """Each person's row of the labelling ``choice`` (B,) from arrays of H·B rows (hypothesis-
+  major); leaves without that leading axis are kept as they are."""
+  b = choice.shape[0]
+  rows = choice * b + jnp.arange(b)
+
+  def take(a):
+    a = jnp.asarray(a)
+    return a[rows] if a.ndim and a.shape[0] == num_hypotheses * b else a
+
+  return jax.tree.map(take, tree)
