@@ -21,7 +21,7 @@ from lgd_jax import body
 from lgd_jax.data import detection_files
 from lgd_jax.data.detection_files import DetectionError
 from lgd_jax.eval import detection_outputs, detections, restore
-from lgd_jax.fitting import objective
+from lgd_jax.fitting import objective, relabel
 from lgd_jax.geometry import camera, translation
 
 IMAGE_W, IMAGE_H = 640, 480  # sqrt(640² + 480²) = 800: the default focal length is the truth
@@ -417,6 +417,33 @@ def test_zero_start_is_the_orientation_stage_not_the_learned_fit(restored, bodie
       np.testing.assert_array_equal(person["body_pose"], 0.0)
       np.testing.assert_array_equal(person["betas"], 0.0)
       assert np.abs(person["global_orient"]).max() > 0  # the root was turned
+
+
+def test_relabelling_keeps_each_persons_fit_of_the_labelling_chosen(restored, bodies):
+  """fit_batch(relabel=True) fits every labelling of the limbs side by side and returns, per
+  person, exactly the fit of its chosen labelling (the same as fitting that labelling alone)."""
+  _, _, pix = bodies
+  problem = restored.problem
+  perms, labels = relabel.hypotheses(problem.kpset)
+  kp = np.array(pix)
+  kp[1] = kp[1][perms[labels.index("legs")]]  # the second person's legs exchanged
+  conf = np.ones(kp.shape[:2], np.float32)
+  focal = np.full(len(kp), FOCAL, np.float32)
+  center = np.tile(np.array([IMAGE_W / 2, IMAGE_H / 2], np.float32), (len(kp), 1))
+  fit = lambda k, relabelling: detections.fit_batch(  # noqa: E731
+      restored.learner, restored.variables, problem, jnp.asarray(k), jnp.asarray(conf),
+      jnp.asarray(focal), jnp.asarray(center), 2, with_vertices=False, refine_steps=5,
+      relabel=relabelling)
+  res = fit(kp, True)
+  assert res.labelling.shape == (len(kp),)
+  for b in range(len(kp)):
+    alone = fit(kp[:, perms[int(res.labelling[b])]], False)
+    np.testing.assert_allclose(res.placement.body_pose[b], alone.placement.body_pose[b],
+                               atol=1e-5)
+    np.testing.assert_allclose(res.placement.reproj_px[b], alone.placement.reproj_px[b],
+                               rtol=1e-4)
+  # Without relabelling nothing is exchanged.
+  assert not np.any(np.asarray(fit(kp, False).labelling))
 
 
 def test_frames_without_fits_are_reported(restored, tmp_path):
