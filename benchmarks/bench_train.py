@@ -41,8 +41,10 @@ too but counts a ``lax.scan`` body once, not N times.
 
 Peak memory: each train entry is rerun in a child process (``--probe``) that reads its own
 ``VmHWM`` from /proc: ``peak_mem_mb`` is the process's peak resident memory during steady steps
-(after a warm-up; the high-water mark reset through /proc/self/clear_refs), including the
-libraries, model and parameters; ``step_mem_mb`` is that less the resident memory after setup;
+(after a warm-up, the heap's freed pages returned to the system with glibc's ``malloc_trim`` in
+every framework alike, as lgd_jax's training loop does after compiling its step, and the
+high-water mark reset through /proc/self/clear_refs), including the libraries, model and
+parameters; ``step_mem_mb`` is that less the resident memory after setup;
 ``first_call_mem_mb`` is the peak of the first call (JAX: compilation included). On a GPU JAX
 reports ``memory_stats()['peak_bytes_in_use']`` as ``device_peak_mem_mb``.
 
@@ -80,6 +82,7 @@ from lgd_jax import body, build, train_state
 from lgd_jax.data import batches
 from lgd_jax.fitting import lgd
 from lgd_jax.train import steps
+from lgd_jax.train.loop import release_freed_memory
 
 NUM_VERTS = 6890
 NUM_BETAS = 10
@@ -322,13 +325,17 @@ def run_probe(spec: dict) -> dict:
   fn()
   first = _proc_status_mb("VmHWM")
   fn()
+  # Every framework alike: the heap's freed pages go back to the system before the steady steps
+  # (lgd_jax's training loop does the same after compiling its step), so the peak counts what a
+  # step holds, not what the allocator kept from the set-up or the compilation.
+  trimmed = release_freed_memory()
   reset = _reset_hwm()
   base_steady = _proc_status_mb("VmRSS")
   fn()
   fn()
   steady = _proc_status_mb("VmHWM") if reset else None
   out = {"setup_rss_mb": base, "first_call_mem_mb": first, "peak_mem_mb": steady,
-         "steady_rss_before_mb": base_steady,
+         "steady_rss_before_mb": base_steady, "heap_trimmed": trimmed,
          "step_mem_mb": None if steady is None or base is None else steady - base,
          "method": "VmHWM of a child process after warm-up (clear_refs reset)" if reset else
                    "VmHWM of a child process, first call included (clear_refs not writable)"}

@@ -76,6 +76,9 @@ VARIANTS = {
                    {**DEMO_1204, "model.damping_power": 2.0}),
     "demo+adam+damp2": ("the demo with the Adam nominal term and the network damped by "
                         "(τ/(τ+n))²", {**DEMO_1204, **ADAM, "model.damping_power": 2.0}),
+    "demo+adam+damp2+decay": ("as demo+adam+damp2 with the learning rate × 0.7 per epoch (of "
+                              "250 steps)", {**DEMO_1204, **ADAM, "model.damping_power": 2.0,
+                                             "lr_decay": 0.7}),
     "demo+adam+damp2+tau20": ("as demo+adam+damp2 with τ = 20",
                               {**DEMO_1204, **ADAM, "model.damping_power": 2.0,
                                "model.damping": 20.0}),

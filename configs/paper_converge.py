@@ -1,7 +1,7 @@
 """The paper's settings (``configs/paper.py``) trained with the convergent scheme
 (``lgd_jax.config.CONVERGENT``: robust objective, late-iteration starts from a buffer of earlier
-fits, fixed-point samples, a learned gradient term beside a damped network), so that iterating the
-update past N steps keeps converging:
+fits, fixed-point samples, a learned Adam nominal term beside a summably damped network), so that
+iterating the update past N steps keeps converging:
 
     python train.py --config configs/paper_converge.py --workdir runs/paper_converge \
         --config.body_model=third_party/smpl/SMPL_NEUTRAL.pkl --config.amass_dir=/data/AMASS

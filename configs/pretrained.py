@@ -23,6 +23,5 @@ _spec.loader.exec_module(_demo)
 def get_config():
   c = _demo.get_config()
   c.num_epochs = 16  # of 250 steps
-  c.lr_decay = 0.85  # per epoch: 1e-3 down to 8.7e-5 in the last
   c.checkpoint_every = 500
   return c
