@@ -57,7 +57,8 @@ def make_frames(out_dir: str | os.PathLike, num_people: int = 48, seed: int = 0,
   """Writes ``num_people`` OpenPose BODY_25 frames and ``truth.npz`` to ``out_dir``.
 
   Returns the truth: pose (n, 72) in the OpenCV camera frame (smplx's convention: vertices
-  = LBS(pose, betas) + transl), betas (n, 10), transl (n, 3), joints (n, 24, 3) metres.
+  = LBS(pose, betas) + transl), betas (n, 10), transl (n, 3), joints (n, 24, 3) metres,
+  swapped_limb (n,): the index into :data:`SWAP_LIMBS` of the limb exchanged (-1: none).
   """
   import jax
   import jax.numpy as jnp
@@ -93,9 +94,11 @@ def make_frames(out_dir: str | os.PathLike, num_people: int = 48, seed: int = 0,
   names = body.get_keypoint_set("body25").names
   conf = rng.uniform(conf_range[0], conf_range[1], pix.shape[:2])
   pix = pix + noise_px * rng.standard_normal(pix.shape)
+  swapped = np.full(num_people, -1, np.int32)  # per person: the SWAP_LIMBS index exchanged
   if swap:
     for i in range(num_people):
-      limb = SWAP_LIMBS[rng.integers(len(SWAP_LIMBS))]
+      swapped[i] = rng.integers(len(SWAP_LIMBS))
+      limb = SWAP_LIMBS[swapped[i]]
       for part in limb:
         a, b = names.index(f"left_{part}"), names.index(f"right_{part}")
         pix[i, [a, b]] = pix[i, [b, a]]
@@ -109,7 +112,8 @@ def make_frames(out_dir: str | os.PathLike, num_people: int = 48, seed: int = 0,
                                        "pose_keypoints_2d": [round(float(v), 3) for v in flat]}]}
     (out / f"frame{i:04d}_keypoints.json").write_text(json.dumps(doc))
   truth = dict(pose=pose.astype(np.float32), betas=betas, transl=transl, joints=joints,
-               image_size=np.array(IMAGE_SIZE, np.float32), focal_length=np.float32(FOCAL_PX))
+               image_size=np.array(IMAGE_SIZE, np.float32), focal_length=np.float32(FOCAL_PX),
+               swapped_limb=swapped)
   np.savez(out / "truth.npz", **truth)
   return truth
 

@@ -237,8 +237,9 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
     start: "learned" (the learned fit), or "zero": no learned step — the zero pose turned by
       SPIN's orientation stage (:func:`lgd_jax.fitting.smplify.smplify`'s stage 1, the best of 8
       turns), the start of the SMPLify-style baseline (static).
-    relabel: fit every left/right labelling of the limbs and keep each person's most plausible
-      fit (:mod:`lgd_jax.fitting.relabel`; static; costs one fit per labelling).
+    relabel: fit every left/right labelling of the limbs with the learned steps and keep, per
+      person, the labelling whose learned fit explains its keypoints best; only that one is
+      refined (:mod:`lgd_jax.fitting.relabel`; static; costs one learned fit per labelling).
     relabel_margin: how much lower (relative) another labelling's score must be.
   """
   h = 1
@@ -257,21 +258,18 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
   else:
     traj, _ = lgd.fit(learner, variables, problem, kp2d, w, num_steps, train=False)
     steps = jnp.full(keypoints.shape[:1], num_steps, jnp.int32)
-  theta = traj.theta[-1]
-  placement = place(problem, theta, keypoints, w, focal, center, traj.kp3d[-1])
+  theta, kp3d, reproj = traj.theta[-1], traj.kp3d[-1], traj.loss[-1]
+  labelling = jnp.zeros((keypoints.shape[0] // h,), jnp.int32)
+  if relabel:  # each person's labelling whose learned fit explains its keypoints best
+    labelling = relabelling.choose(reproj.reshape(h, -1), relabel_margin)
+    theta, kp3d, reproj, steps, keypoints, w, focal, center = relabelling.select(
+        (theta, kp3d, reproj, steps, keypoints, w, focal, center), labelling, h)
+  placement = place(problem, theta, keypoints, w, focal, center, kp3d)
   learned_px = placement.reproj_px
   if refine_steps:
     theta, t, _ = refine.refine(problem, theta, placement.cam_translation, keypoints, w, focal,
                                 center, refine_steps, prior, refine_weights)
     placement = place(problem, theta, keypoints, w, focal, center, translation=t)
-  labelling = jnp.zeros((keypoints.shape[0] // h,), jnp.int32)
-  reproj = traj.loss[-1]
-  if relabel:
-    scores = refine.plausibility(problem, theta, placement.cam_translation, keypoints, w, focal,
-                                 center, prior, refine_weights).reshape(h, -1)
-    labelling = relabelling.choose(scores, relabel_margin)
-    placement, reproj, steps, learned_px, w = relabelling.select(
-        (placement, reproj, steps, learned_px, w), labelling, h)
   if with_vertices:
     pose = jnp.concatenate([placement.global_orient, placement.body_pose], -1)
     vertices = body.forward(problem.model, pose, placement.betas, placement.transl).vertices

@@ -148,14 +148,3 @@ def refine(problem: Problem, theta0: jnp.ndarray, t0: jnp.ndarray, keypoints: jn
   first = data_fn(theta0, t0, keypoints, w, focal, center, size)
   return params[0], params[1], jnp.concatenate([first[None], hist], 0)
 
-
-def plausibility(problem: Problem, theta: jnp.ndarray, t: jnp.ndarray, keypoints: jnp.ndarray,
-                 w: jnp.ndarray, focal: jnp.ndarray, center: jnp.ndarray, prior=None,
-                 weights: RefineWeights = DEFAULT_WEIGHTS) -> jnp.ndarray:
-  """(B,) the refinement's energy of fits (Θ, t) without its stay term: the robust 2D error
-  and the priors. Lower is a fit that explains its keypoints better with a more plausible body
-  (:mod:`lgd_jax.fitting.relabel` compares labellings by it)."""
-  size = person_size(keypoints, w)
-  return jax.vmap(lambda th, tt, k, ww, f, c, s: energy(problem, th, tt, th, k, ww, f, c, s,
-                                                        prior, weights))(
-      theta, t, keypoints, w, focal, center, size)
