@@ -33,6 +33,8 @@ def problem(model):
 
 make_batch = jax.jit(batches.make_batch, static_argnames=("n", "aug", "detector"))
 fit = jax.jit(lgd.fit, static_argnames=("learner", "num_steps", "train", "return_nominal"))
+# Jitted: called eagerly, the body model's ops outside the scan would each compile on their own.
+run_optimizer = jax.jit(lgd.run_optimizer, static_argnames=("tx", "num_steps"))
 fit_until = jax.jit(lgd.fit_until_converged, static_argnames=("learner", "max_steps",
                                                               "min_steps"))
 
@@ -134,8 +136,8 @@ def test_gradient_term_with_a_silent_network_is_gradient_descent(problem):
   variables = learner.init(jax.random.PRNGKey(0), problem)
   np.testing.assert_allclose(variables["params"]["gd"]["log_rate"], np.log(20.0), rtol=1e-6)
   traj, _ = fit(learner, variables, problem, batch.kp2d, batch.conf, 3)
-  gd = lgd.run_optimizer(problem, optax.sgd(20.0), jnp.zeros_like(batch.theta), batch.kp2d,
-                         batch.conf, 3)
+  gd = run_optimizer(problem, optax.sgd(20.0), jnp.zeros_like(batch.theta), batch.kp2d,
+                     batch.conf, 3)
   np.testing.assert_allclose(traj.theta, gd.theta, atol=TRAJ_ATOL)
 
 
@@ -162,8 +164,8 @@ def test_adam_nominal_term_with_a_silent_network_is_adam_per_sample(problem):
   variables = learner.init(jax.random.PRNGKey(0), problem)
   traj, _, nominal = fit(learner, variables, problem, batch.kp2d, batch.conf, 4,
                          return_nominal=True)
-  adam = lgd.run_optimizer(problem, optax.adam(0.01), jnp.zeros_like(batch.theta), batch.kp2d,
-                           batch.conf, 4)
+  adam = run_optimizer(problem, optax.adam(0.01), jnp.zeros_like(batch.theta), batch.kp2d,
+                       batch.conf, 4)
   np.testing.assert_allclose(traj.theta, adam.theta, atol=TRAJ_ATOL)
   np.testing.assert_array_equal(nominal.count, 4)
   # Continuing from the returned state is the same as one longer fit.
