@@ -17,16 +17,16 @@ from lgd_jax.eval import restore
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PEOPLE = 8
 # The packaged model on exact BODY_25 frames of held-out test poses (tools/detection_benchmark.py
-# makes them), with fit.py's defaults (learned steps, relabelling, refinement): measured 58.3 and
-# 49.7 mm PA-MPJPE and a 0.8 / 0.6 px median re-projection error on two sets of 48 people (README);
-# 8 people vary more, hence the room.
+# makes them), with fit.py's defaults (learned steps, relabelling, refinement): measured 47.7-61.3
+# mm PA-MPJPE and a 0.6-0.9 px median re-projection error on five sets of 48 people
+# (docs/detection_tuning.md); 8 people vary more, hence the room.
 PA_MPJPE_MM_MAX = 70.0
 MEDIAN_REPROJ_PX_MAX = 3.0
-# With 3 px noise, U(0.3, 1) confidences and 10 % of the joints missing (measured 73.9 and 76.3
-# mm on 48).
+# With 3 px noise, U(0.3, 1) confidences and 10 % of the joints missing (measured 69.0-82.4 mm on
+# five sets of 48).
 NOISY_PA_MPJPE_MM_MAX = 110.0
 # As noisy, and one limb's left and right exchanged per person: the relabelling finds the
-# exchanged limb (142 of 144 people in three sets of 48; 71.2 mm against 155.2 without it).
+# exchanged limb (231 of 240 people in five sets of 48; 70.7 mm against 154.2 without it on seed 0).
 SWAPPED_PA_MPJPE_MM_MAX = 110.0
 SWAPS_FOUND_MIN = 0.75
 

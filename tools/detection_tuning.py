@@ -1,15 +1,18 @@
 """Where the detection fit's error comes from, and the refinement constants that lower it.
 
-    python tools/detection_tuning.py --seeds 0,1,2 --out docs/detection_tuning.md
+    python tools/detection_tuning.py --seeds 0,1,2,3,4 --out docs/detection_tuning.md
 
-Two experiments on :mod:`detection_benchmark`'s rendered frames (48 people a seed, the packaged
+Experiments on :mod:`detection_benchmark`'s rendered frames (48 people a seed, the packaged
 model unless ``--ckpt``):
 
 * the noisy input taken apart: exact keypoints, then each corruption alone (3 px noise,
   U(0.3, 1) scores, 10 % of the joints missing) and all three, each fitted by the learned steps
   alone and by the default pipeline;
-* the refinement's elbow/knee angle-prior weight (``RefineWeights.angle``) over every seed's
-  exact, noisy and swapped sets, the other constants at their defaults.
+* the refinement's prior weights, one at a time (:data:`SWEEPS`: the elbow/knee angle prior
+  ``RefineWeights.angle`` and the GMM pose prior ``RefineWeights.pose``) over every seed's
+  exact, noisy and swapped sets, the other constants at their defaults;
+* the limb relabelling with the default constants: exchanged limbs found on the swapped sets,
+  people relabelled on the exact and noisy ones.
 
 Writes a markdown report (the tables, with the machine) and prints it.
 """
@@ -33,7 +36,7 @@ PARTS = {
     "10 % missing only": dict(noise_px=0.0, conf_range=(1.0, 1.0), missing=0.1, swap=False),
     "noisy (all three)": db.VARIANTS["noisy"],
 }
-ANGLE_WEIGHTS = (1e-4, 5e-4, 1e-3, 2e-3)
+SWEEPS = {"angle": (1e-4, 5e-4, 1e-3, 2e-3), "pose": (1e-4, 3e-4, 1e-3, 3e-3)}
 
 
 def _with_variants(variants, fn):
@@ -59,13 +62,42 @@ def decomposition(ckpt, out: Path, num_people: int, seed: int) -> list[dict]:
   return [dict(r, input=names[r["input"]]) for r in res["rows"]]
 
 
-def angle_sweep(ckpt, out: Path, num_people: int, seed: int) -> list[dict]:
+def _label(name: str, w: float) -> str:
+  return f"{name} {w:g}"
+
+
+def sweep(ckpt, out: Path, num_people: int, seed: int, name: str) -> list[dict]:
+  """Every input fitted with each weight of ``SWEEPS[name]`` (the rest at their defaults)."""
   from lgd_jax.fitting import refine
-  settings = {f"angle {w:g}": dict(refine_weights=refine.DEFAULT_WEIGHTS._replace(angle=w))
-              for w in ANGLE_WEIGHTS}
-  res = db.run(ckpt, str(out / f"angle_s{seed}"), num_people, seed, settings=settings,
+  settings = {_label(name, w): dict(refine_weights=refine.DEFAULT_WEIGHTS._replace(**{name: w}))
+              for w in SWEEPS[name]}
+  res = db.run(ckpt, str(out / f"{name}_s{seed}"), num_people, seed, settings=settings,
                smplify=False, log=lambda *a: None)
   return res["rows"]
+
+
+def relabelling(out: Path, seed: int) -> dict:
+  """From the angle sweep's run at the default weights: exchanged limbs found on the swapped
+  set, people relabelled on the exact and noisy sets."""
+  import json
+
+  from lgd_jax.fitting import refine
+  label = _label("angle", refine.DEFAULT_WEIGHTS.angle)
+  sub = label.replace(" ", "_")
+  root = out / f"angle_s{seed}"
+  counts = {}
+  for variant in db.VARIANTS:
+    fits = json.loads((root / variant / sub / "summary.json").read_text())["fits"]
+    if variant == "swapped":
+      import numpy as np
+      truth = np.load(root / variant / "frames" / "truth.npz")["swapped_limb"]
+      names = {0: "arms", 1: "legs"}
+      found = sum(f["limbs_relabelled"] == names[int(truth[int(f["frame"].replace("frame", ""))])]
+                  for f in fits)
+      counts[variant] = (found, len(fits))
+    else:
+      counts[variant] = (sum(f["limbs_relabelled"] != "as given" for f in fits), len(fits))
+  return counts
 
 
 def _machine() -> str:
@@ -78,9 +110,10 @@ def _machine() -> str:
   return platform.processor() or platform.machine()
 
 
-def report(parts: dict, sweep: dict, seeds, num_people: int, wall_s: float) -> str:
+def report(parts: dict, sweeps: dict, relabels: dict, seeds, num_people: int,
+           wall_s: float) -> str:
   lines = [
-      "# Detection fitting: where the error comes from, and the angle prior's weight",
+      "# Detection fitting: where the error comes from, and the refinement's prior weights",
       "",
       f"`python tools/detection_tuning.py --seeds {','.join(map(str, seeds))}` "
       f"({num_people} people a seed; {_machine()}, "
@@ -99,22 +132,29 @@ def report(parts: dict, sweep: dict, seeds, num_people: int, wall_s: float) -> s
         r = next(r for r in parts[s] if r["input"] == name and r["method"] == method)
         cells.append(f"{r['pa_mpjpe_mm']:.1f}, {r['median_reproj_px']:.1f}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines += ["", "## The refinement's angle-prior weight (default pipeline otherwise)", "",
-            "| weight | " + " | ".join(f"{v}, seed {s}" for s in seeds for v in db.VARIANTS)
-            + " | mean |",
-            "|---|" + "---:|" * (len(seeds) * len(db.VARIANTS) + 1)]
-  for w in ANGLE_WEIGHTS:
-    vals = [next(r for r in sweep[s] if r["input"] == v and r["method"] == f"angle {w:g}")
-            ["pa_mpjpe_mm"] for s in seeds for v in db.VARIANTS]
-    lines.append(f"| {w:g} | " + " | ".join(f"{x:.1f}" for x in vals)
-                 + f" | {sum(vals) / len(vals):.1f} |")
+  for name, weights in SWEEPS.items():
+    lines += ["", f"## The refinement's {name}-prior weight (the others at their defaults)",
+              "", "| weight | " + " | ".join(f"{v}, seed {s}" for s in seeds for v in db.VARIANTS)
+              + " | mean |", "|---|" + "---:|" * (len(seeds) * len(db.VARIANTS) + 1)]
+    for w in weights:
+      vals = [next(r for r in sweeps[name][s] if r["input"] == v and r["method"] == _label(name, w))
+              ["pa_mpjpe_mm"] for s in seeds for v in db.VARIANTS]
+      lines.append(f"| {w:g} | " + " | ".join(f"{x:.1f}" for x in vals)
+                   + f" | {sum(vals) / len(vals):.1f} |")
+  lines += ["", "## The limb relabelling (default constants)", "",
+            "| seed | exchanged limbs found (swapped) | relabelled, exact | relabelled, noisy |",
+            "|---|---:|---:|---:|"]
+  for s in seeds:
+    c = relabels[s]
+    lines.append(f"| {s} | {c['swapped'][0]} of {c['swapped'][1]} | {c['exact'][0]} of "
+                 f"{c['exact'][1]} | {c['noisy'][0]} of {c['noisy'][1]} |")
   return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--ckpt", default=None, help="checkpoint (default: the packaged model)")
-  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--seeds", default="0,1,2,3,4")
   p.add_argument("--num-people", type=int, default=48)
   p.add_argument("--work-dir", default="runs/detection_tuning")
   p.add_argument("--out", default=None, help="write the markdown report here")
@@ -122,13 +162,15 @@ def main(argv=None) -> int:
   seeds = [int(s) for s in args.seeds.split(",")]
   t0 = time.perf_counter()
   work = Path(args.work_dir)
-  parts, sweep = {}, {}
+  parts, sweeps, relabels = {}, {name: {} for name in SWEEPS}, {}
   for s in seeds:
     print(f"seed {s}: the noisy input taken apart ...", flush=True)
     parts[s] = decomposition(args.ckpt, work, args.num_people, s)
-    print(f"seed {s}: the angle prior's weight ...", flush=True)
-    sweep[s] = angle_sweep(args.ckpt, work, args.num_people, s)
-  text = report(parts, sweep, seeds, args.num_people, time.perf_counter() - t0)
+    for name in SWEEPS:
+      print(f"seed {s}: the {name} prior's weight ...", flush=True)
+      sweeps[name][s] = sweep(args.ckpt, work, args.num_people, s, name)
+    relabels[s] = relabelling(work, s)
+  text = report(parts, sweeps, relabels, seeds, args.num_people, time.perf_counter() - t0)
   if args.out:
     Path(args.out).write_text(text)
   print(text)

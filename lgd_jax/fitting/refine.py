@@ -47,9 +47,9 @@ class RefineWeights(NamedTuple):
 
   delta: float = 0.005  # ρ's δ, in units of the person's size (1.5 px of 300)
   stay: float = 0.1
-  pose: float = 1e-4
-  # SPIN's elbow/knee prior: 1e-3 beat 1e-4, 5e-4 and 2e-3 on every input of three sets of 48
-  # (docs/detection_tuning.md)
+  # The priors' weights from tools/detection_tuning.py (docs/detection_tuning.md: five sets of 48
+  # people, exact, noisy and swapped; 1e-4 each before).
+  pose: float = 1e-3
   angle: float = 1e-3
   shape: float = 1e-3
   lr: float = 0.01
