@@ -74,6 +74,8 @@ def test_command_line_fits_rendered_detections(tmp_path, variant, pa_max, px_max
   else:  # clean labels stay as they are
     assert not any(relabelled), summary["fits"]
   s = bench.score(out, truth)
+  if variant == "swapped":  # and the limb kept is the one exchanged
+    assert s["swaps_found"] >= SWAPS_FOUND_MIN * NUM_PEOPLE, s
   assert s["pa_mpjpe_mm"] <= pa_max, s
   if px_max is not None:
     assert s["median_reproj_px"] <= px_max, s

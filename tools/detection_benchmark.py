@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from lgd_jax.eval import detections, restore
+from lgd_jax.fitting import relabel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -48,7 +49,8 @@ VARIANTS = {
     "noisy": dict(noise_px=3.0, conf_range=(0.3, 1.0), missing=0.1, swap=False),
     "swapped": dict(noise_px=3.0, conf_range=(0.3, 1.0), missing=0.1, swap=True),
 }
-SWAP_LIMBS = (("shoulder", "elbow", "wrist"), ("hip", "knee", "ankle"))
+# The limbs one of which is exchanged per person: the relabelling's groups, in its order.
+SWAP_LIMBS = relabel.LIMB_GROUPS
 
 
 def make_frames(out_dir: str | os.PathLike, num_people: int = 48, seed: int = 0,
@@ -135,8 +137,9 @@ def score(fits_dir: str | os.PathLike, truth: dict, model=None) -> dict:
   from lgd_jax import body, metrics
   model = body.load_model() if model is None else model
   summary = json.loads((Path(fits_dir) / "summary.json").read_text())
-  idx, pose, betas, transl, px = [], [], [], [], []
+  idx, pose, betas, transl, px, labels = [], [], [], [], [], []
   for fit in summary["fits"]:
+    labels.append(fit.get("limbs_relabelled", "as given"))
     z = np.load(Path(fits_dir) / fit["files"][0])
     idx.append(int(fit["frame"].replace("frame", "")))
     pose.append(np.concatenate([z["global_orient"], z["body_pose"]]))
@@ -150,7 +153,13 @@ def score(fits_dir: str | os.PathLike, truth: dict, model=None) -> dict:
   pa = np.asarray(metrics.pa_mpjpe(jnp.asarray(joints), jnp.asarray(gt)))
   mp = np.asarray(metrics.mpjpe(jnp.asarray(joints), jnp.asarray(gt)))
   px = np.asarray(px)
-  return {"num_fitted": len(idx), "num_people": int(len(truth["joints"])),
+  # The labelling kept per person: relabelled at all, and (where one limb was exchanged) the
+  # exchanged limb found.
+  swapped = truth.get("swapped_limb", np.full(len(truth["joints"]), -1))[np.asarray(idx)]
+  found = [s >= 0 and lab == relabel.GROUP_LABELS[s] for s, lab in zip(swapped, labels)]
+  return {"relabelled": int(sum(lab != "as given" for lab in labels)),
+          "swaps_found": int(sum(found)), "num_swapped": int(np.sum(swapped >= 0)),
+          "num_fitted": len(idx), "num_people": int(len(truth["joints"])),
           "pa_mpjpe_mm": float(pa.mean()), "mpjpe_mm": float(mp.mean()),
           "median_reproj_px": float(np.median(px)), "mean_reproj_px": float(px.mean()),
           "fit_s": float(summary["wall_time_s"]["fit"]),
@@ -168,8 +177,17 @@ SETTINGS = {
 GMOF_LABEL = "learned + refinement, Geman-McClure"
 
 
+def fits_path(out_dir, variant: str, label: str) -> Path:
+  """Where :func:`run` writes the fits of ``variant`` in the setting ``label``."""
+  name = label.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus")
+  return Path(out_dir) / variant / name
+
+
 def run(ckpt: str | None, out_dir: str, num_people: int = 48, seed: int = 0, settings=None,
-        smplify: bool = True, log=print) -> dict:
+        smplify: bool = True, log=print, variants=None) -> dict:
+  """Fits every input of ``variants`` (default :data:`VARIANTS`: name -> :func:`make_frames`
+  arguments) in every setting of ``settings`` (default :data:`SETTINGS`: label ->
+  ``fit_file`` arguments) and scores the fits; the rows in ``results["rows"]``."""
   from lgd_jax.commands.cli import quiet_logs
   quiet_logs()
   restored = restore.restore(ckpt)
@@ -178,12 +196,11 @@ def run(ckpt: str | None, out_dir: str, num_people: int = 48, seed: int = 0, set
   make_images(images, num_people)
   results = {"checkpoint": restored.path, "num_people": num_people, "seed": seed, "rows": []}
   settings = SETTINGS if settings is None else settings
-  for variant, spec in VARIANTS.items():
+  for variant, spec in (VARIANTS if variants is None else variants).items():
     frames = out / variant / "frames"
     truth = make_frames(frames, num_people, seed, **spec, model=restored.problem.model)
     for label, kwargs in settings.items():
-      fits = out / variant / label.split(" (")[0].replace(" ", "_").replace(",", "").replace(
-          "+", "plus")
+      fits = fits_path(out, variant, label)
       # Twice: the first run compiles, the second is timed.
       for _ in range(2):
         detections.fit_file(restored, frames, fits, images=images, overwrite=True, log=None,

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import detection_benchmark as db  # noqa: E402
+from convergence_ablation import machine  # noqa: E402
 
 PARTS = {
     "exact": dict(noise_px=0.0, conf_range=(1.0, 1.0), missing=0.0, swap=False),
@@ -39,15 +39,6 @@ PARTS = {
 SWEEPS = {"angle": (1e-4, 5e-4, 1e-3, 2e-3), "pose": (1e-4, 3e-4, 1e-3, 3e-3)}
 
 
-def _with_variants(variants, fn):
-  saved = db.VARIANTS
-  db.VARIANTS = variants
-  try:
-    return fn()
-  finally:
-    db.VARIANTS = saved
-
-
 def _slug(name: str) -> str:
   return "".join(ch if ch.isalnum() else "_" for ch in name)
 
@@ -55,9 +46,8 @@ def _slug(name: str) -> str:
 def decomposition(ckpt, out: Path, num_people: int, seed: int) -> list[dict]:
   settings = {"learned (10 steps)": dict(refine_steps=0), "default": dict()}
   variants = {_slug(k): v for k, v in PARTS.items()}
-  res = _with_variants(variants, lambda: db.run(ckpt, str(out / f"parts_s{seed}"), num_people,
-                                                seed, settings=settings, smplify=False,
-                                                log=lambda *a: None))
+  res = db.run(ckpt, str(out / f"parts_s{seed}"), num_people, seed, settings=settings,
+               smplify=False, log=lambda *a: None, variants=variants)
   names = dict(zip(variants, PARTS))
   return [dict(r, input=names[r["input"]]) for r in res["rows"]]
 
@@ -76,38 +66,16 @@ def sweep(ckpt, out: Path, num_people: int, seed: int, name: str) -> list[dict]:
   return res["rows"]
 
 
-def relabelling(out: Path, seed: int) -> dict:
-  """From the angle sweep's run at the default weights: exchanged limbs found on the swapped
-  set, people relabelled on the exact and noisy sets."""
-  import json
-
-  from lgd_jax.fitting import refine
-  label = _label("angle", refine.DEFAULT_WEIGHTS.angle)
-  sub = label.replace(" ", "_")
-  root = out / f"angle_s{seed}"
+def relabelling(rows: list[dict]) -> dict:
+  """Per input: (people relabelled, or on the swapped set exchanged limbs found, people). The
+  labelling is chosen before the refinement, so every setting's row counts the same; the first
+  one's are taken."""
   counts = {}
-  for variant in db.VARIANTS:
-    fits = json.loads((root / variant / sub / "summary.json").read_text())["fits"]
-    if variant == "swapped":
-      import numpy as np
-      truth = np.load(root / variant / "frames" / "truth.npz")["swapped_limb"]
-      names = {0: "arms", 1: "legs"}
-      found = sum(f["limbs_relabelled"] == names[int(truth[int(f["frame"].replace("frame", ""))])]
-                  for f in fits)
-      counts[variant] = (found, len(fits))
-    else:
-      counts[variant] = (sum(f["limbs_relabelled"] != "as given" for f in fits), len(fits))
+  for r in rows:
+    if r["input"] not in counts:
+      n = r["swaps_found"] if r["input"] == "swapped" else r["relabelled"]
+      counts[r["input"]] = (n, r["num_fitted"])
   return counts
-
-
-def _machine() -> str:
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def report(parts: dict, sweeps: dict, relabels: dict, seeds, num_people: int,
@@ -116,8 +84,8 @@ def report(parts: dict, sweeps: dict, relabels: dict, seeds, num_people: int,
       "# Detection fitting: where the error comes from, and the refinement's prior weights",
       "",
       f"`python tools/detection_tuning.py --seeds {','.join(map(str, seeds))}` "
-      f"({num_people} people a seed; {_machine()}, "
-      f"{os.cpu_count()} cores, {wall_s / 60:.1f} min). PA-MPJPE (mm) on the 24 SMPL joints, "
+      f"({num_people} people a seed; {machine()}; {wall_s / 60:.1f} min). PA-MPJPE (mm) on the "
+      "24 SMPL joints, "
       "median re-projection (px).",
       "",
       "## The noisy input taken apart",
@@ -169,7 +137,7 @@ def main(argv=None) -> int:
     for name in SWEEPS:
       print(f"seed {s}: the {name} prior's weight ...", flush=True)
       sweeps[name][s] = sweep(args.ckpt, work, args.num_people, s, name)
-    relabels[s] = relabelling(work, s)
+    relabels[s] = relabelling(sweeps[next(iter(SWEEPS))][s])
   text = report(parts, sweeps, relabels, seeds, args.num_people, time.perf_counter() - t0)
   if args.out:
     Path(args.out).write_text(text)

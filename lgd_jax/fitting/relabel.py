@@ -35,8 +35,9 @@ import numpy as np
 
 from lgd_jax import body
 
-# The left/right groups a detector confuses together (a limb: its three joints).
+# The left/right groups a detector confuses together (a limb: its three joints), and their labels.
 LIMB_GROUPS = (("shoulder", "elbow", "wrist"), ("hip", "knee", "ankle"))
+GROUP_LABELS = ("arms", "legs")
 # How much lower (relative) another labelling's score must be than the given one's.
 DEFAULT_MARGIN = 0.2
 
@@ -58,7 +59,7 @@ def hypotheses(kpset: str) -> tuple[np.ndarray, tuple[str, ...]]:
   ("arms", "legs"). Keypoint k of labelling h is the detection's keypoint ``perm[h, k]``."""
   names = list(body.get_keypoint_set(kpset).names)
   perms, labels = [np.arange(len(names))], ["as given"]
-  for label, group in zip(("arms", "legs"), LIMB_GROUPS):
+  for label, group in zip(GROUP_LABELS, LIMB_GROUPS):
     perm = _group_permutation(names, group)
     if perm is not None:
       perms.append(perm)
