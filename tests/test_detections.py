@@ -20,7 +20,7 @@ from scipy.spatial.transform import Rotation
 from lgd_jax import body
 from lgd_jax.data import detection_files
 from lgd_jax.data.detection_files import DetectionError
-from lgd_jax.eval import detection_outputs, detections, restore
+from lgd_jax.eval import detection_inputs, detection_outputs, detections, restore
 from lgd_jax.fitting import objective, relabel
 from lgd_jax.geometry import camera, translation
 
@@ -29,6 +29,10 @@ FOCAL = 800.0
 TRANSL_ATOL = 1e-4  # metres; float32 least squares on exact projections
 PIXEL_ATOL = 0.05  # float32 projections of the same body by two routes
 FIT_GAIN = 0.9  # the fit's mean pixel error is below this fraction of the zero pose's
+# The refinement on BODY_25 brings the feet's six keypoints at least this much closer (a fraction
+# of their error when it fits the checkpoint's COCO-18 set, which has no feet; measured 0.26-0.48).
+FEET_GAIN = 0.7
+SHORT_REFINE = 30  # refinement iterations of the fit_batch tests (one compiled program for both)
 # OpenPose/COCO orders written out by hand (OpenPose docs), not taken from the module.
 BODY25_RHIP, BODY25_MIDHIP, BODY25_LHIP, BODY25_LBIGTOE = 9, 8, 12, 19
 COCO18_RHIP, COCO18_LHIP, COCO18_NECK, COCO18_LEYE, COCO18_REAR = 8, 11, 1, 15, 16
@@ -330,6 +334,7 @@ def test_fit_file_outputs(fitted, restored):
   assert summary["totals"]["skipped_frames"] == 1 and summary["totals"]["skipped_persons"] == 2
   assert summary["fits"][2]["num_confident_joints"] == 18 - len(HALF_MISSING)
   assert summary["fits"][0]["size_from"] == "image" and summary["fits"][2]["size_from"] == "canvas"
+  assert summary["refine_keypoint_set"] == "body25"  # BODY_25 input: refined on its own joints
   assert json.loads((out / "summary.json").read_text()) == summary
   for fit in summary["fits"]:
     assert math.isfinite(fit["reproj_px"]) and math.isfinite(fit["reproj"])
@@ -432,8 +437,8 @@ def test_relabelling_keeps_each_persons_fit_of_the_labelling_chosen(restored, bo
   center = np.tile(np.array([IMAGE_W / 2, IMAGE_H / 2], np.float32), (len(kp), 1))
   fit = lambda k, relabelling: detections.fit_batch(  # noqa: E731
       restored.learner, restored.variables, problem, jnp.asarray(k), jnp.asarray(conf),
-      jnp.asarray(focal), jnp.asarray(center), 2, with_vertices=False, refine_steps=5,
-      relabel=relabelling)
+      jnp.asarray(focal), jnp.asarray(center), 2, with_vertices=False,
+      refine_steps=SHORT_REFINE, relabel=relabelling)
   res = fit(kp, True)
   assert res.labelling.shape == (len(kp),)
   for b in range(len(kp)):
@@ -444,6 +449,52 @@ def test_relabelling_keeps_each_persons_fit_of_the_labelling_chosen(restored, bo
                                rtol=1e-4)
   # Without relabelling nothing is exchanged.
   assert not np.any(np.asarray(fit(kp, False).labelling))
+
+
+def test_refinement_keypoint_set():
+  assert detection_inputs.refine_keypoint_set("openpose_body25", "coco18") == "body25"
+  assert detection_inputs.refine_keypoint_set("openpose_body25", "coco18", "checkpoint") == "coco18"
+  for fmt in ("openpose_coco18", "coco17"):  # nothing beyond COCO-18
+    assert detection_inputs.refine_keypoint_set(fmt, "coco18") == "coco18"
+  with pytest.raises(DetectionError, match="refine_keypoints"):
+    detection_inputs.refine_keypoint_set("coco17", "coco18", "all")
+
+
+def test_refinement_fits_the_feet_of_body25_detections(restored, bodies):
+  """With BODY_25 detections the refinement fits their feet (toes, heels; the checkpoint's
+  COCO-18 has none), exchanged feet given back to their ankles first."""
+  theta, transl, pix18 = bodies
+  problem = restored.problem
+  p25 = problem.replace(kpset="body25")
+  center = np.array([IMAGE_W / 2, IMAGE_H / 2], np.float32)
+  cam = np.asarray(_keypoints_3d(p25, theta) @ problem.camera.rotation.T) + transl[:, None]
+  pix25 = (FOCAL * cam[..., :2] / cam[..., 2:3] + center).astype(np.float32)
+  names = list(body.get_keypoint_set("body25").names)
+  feet = [names.index(f"{side}_{part}") for side in ("left", "right")
+          for part in relabel.FOOT_PARTS]
+  given = pix25.copy()  # the second person's feet labelled the other way round
+  half = len(feet) // 2
+  given[1, feet] = pix25[1, feet[half:] + feet[:half]]
+  n = len(pix18)
+  focal = jnp.full((n,), FOCAL)
+  centers = jnp.tile(jnp.asarray(center), (n, 1))
+
+  def feet_px(**kw):
+    res = detections.fit_batch(
+        restored.learner, restored.variables, problem, jnp.asarray(pix18),
+        jnp.ones(pix18.shape[:2]), focal, centers, 2, with_vertices=False,
+        refine_steps=SHORT_REFINE, relabel=True, **kw)
+    pl = res.placement
+    pose = jnp.concatenate([pl.global_orient, pl.body_pose], -1)
+    k = np.asarray(body.keypoints(problem.model, pose, pl.betas, pl.transl, "body25"))
+    fit = FOCAL * k[..., :2] / k[..., 2:3] + center
+    return np.linalg.norm(fit - pix25, axis=-1)[:, feet].mean(-1)
+
+  base = feet_px()
+  with_feet = feet_px(refine_problem=p25, refine_keypoints=jnp.asarray(given),
+                      refine_conf=jnp.ones(given.shape[:2]))
+  print("foot keypoints' error (px), COCO-18 refinement:", base, "BODY_25:", with_feet)
+  assert np.all(with_feet < FEET_GAIN * base), (base, with_feet)
 
 
 def test_frames_without_fits_are_reported(restored, tmp_path):

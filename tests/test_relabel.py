@@ -57,3 +57,44 @@ def test_another_labelling_must_win_by_the_margin():
   np.testing.assert_array_equal(relabel.choose(scores, 0.0), [1, 1, 2, 1, 1])
   np.testing.assert_array_equal(relabel.choose(scores[:, :4], 0.9), [0, 0, 0, 1])
   np.testing.assert_array_equal(relabel.choose(jnp.full((3, 2), jnp.nan), 0.2), [0, 0])
+
+
+def _feet_person(swap_feet: bool):
+  """BODY_25 pixels of one standing person, ankles 60 px apart, each foot's three points 10-25 px
+  from its ankle; with ``swap_feet`` the left and right foot keypoints exchanged."""
+  names = list(body.get_keypoint_set("body25").names)
+  kp = np.zeros((len(names), 2), np.float32)
+  ankle = {"left": np.array([330.0, 400.0]), "right": np.array([270.0, 400.0])}
+  offsets = {"big_toe": (0.0, 25.0), "small_toe": (8.0, 22.0), "heel": (0.0, -10.0)}
+  for side in ("left", "right"):
+    kp[names.index(f"{side}_ankle")] = ankle[side]
+    other = "right" if side == "left" else "left"
+    for part, off in offsets.items():
+      kp[names.index(f"{other if swap_feet else side}_{part}")] = ankle[side] + off
+  return kp
+
+
+def test_attach_feet_gives_each_foot_to_its_nearer_ankle():
+  names = list(body.get_keypoint_set("body25").names)
+  la, ra = relabel.ankle_indices("body25")
+  right = jnp.asarray(np.stack([_feet_person(False), _feet_person(True)]))
+  w = jnp.ones(right.shape[:2])
+  kp, ww = relabel.attach_feet("body25", right, w, right[:, [la, ra]])
+  np.testing.assert_array_equal(kp[0], right[0])  # feet where they belong: kept
+  np.testing.assert_array_equal(kp[1], right[0])  # exchanged feet: given back
+  np.testing.assert_array_equal(ww, w)
+  # Weights travel with their points; a missing foot point does not pull.
+  w2 = w.at[1, names.index("left_heel")].set(0.0)
+  kp, ww = relabel.attach_feet("body25", right, w2, right[:, [la, ra]])
+  np.testing.assert_array_equal(kp[1], right[0])
+  assert float(ww[1, names.index("right_heel")]) == 0.0 and float(ww[1].sum()) == w.shape[1] - 1
+  # A margin keeps a labelling that is only a little worse: ankles 40 px apart instead of 60.
+  near = jnp.asarray([[[320.0, 400.0], [280.0, 400.0]]])
+  kp, _ = relabel.attach_feet("body25", right[1:], w[1:], near, margin=0.0)
+  np.testing.assert_array_equal(kp[0], right[0])
+  kp, _ = relabel.attach_feet("body25", right[1:], w[1:], near, margin=0.9)
+  np.testing.assert_array_equal(kp[0], right[1])
+  # Sets without feet are returned as they are.
+  kp18 = jnp.zeros((2, 18, 2))
+  out, _ = relabel.attach_feet("coco18", kp18, jnp.ones((2, 18)), jnp.zeros((2, 2, 2)))
+  assert out is kp18

@@ -51,16 +51,21 @@ VARIANTS = {
 }
 # The limbs one of which is exchanged per person: the relabelling's groups, in its order.
 SWAP_LIMBS = relabel.LIMB_GROUPS
+# The same with each leg's foot keypoints exchanged with it (a detector that takes the whole leg
+# for the other one): ``make_frames(..., swap_limbs=SWAP_LIMBS_WITH_FEET)``.
+SWAP_LIMBS_WITH_FEET = (SWAP_LIMBS[0], SWAP_LIMBS[1] + relabel.FOOT_PARTS)
 
 
 def make_frames(out_dir: str | os.PathLike, num_people: int = 48, seed: int = 0,
                 noise_px: float = 0.0, conf_range=(1.0, 1.0), missing: float = 0.0,
-                swap: bool = False, model=None) -> dict:
+                swap: bool = False, model=None, swap_limbs=SWAP_LIMBS) -> dict:
   """Writes ``num_people`` OpenPose BODY_25 frames and ``truth.npz`` to ``out_dir``.
 
   Returns the truth: pose (n, 72) in the OpenCV camera frame (smplx's convention: vertices
   = LBS(pose, betas) + transl), betas (n, 10), transl (n, 3), joints (n, 24, 3) metres,
   swapped_limb (n,): the index into :data:`SWAP_LIMBS` of the limb exchanged (-1: none).
+  ``swap_limbs``: the parts of each limb exchanged (the legs' feet too with
+  :data:`SWAP_LIMBS_WITH_FEET`).
   """
   import jax
   import jax.numpy as jnp
@@ -99,8 +104,8 @@ def make_frames(out_dir: str | os.PathLike, num_people: int = 48, seed: int = 0,
   swapped = np.full(num_people, -1, np.int32)  # per person: the SWAP_LIMBS index exchanged
   if swap:
     for i in range(num_people):
-      swapped[i] = rng.integers(len(SWAP_LIMBS))
-      limb = SWAP_LIMBS[swapped[i]]
+      swapped[i] = rng.integers(len(swap_limbs))
+      limb = swap_limbs[swapped[i]]
       for part in limb:
         a, b = names.index(f"left_{part}"), names.index(f"right_{part}")
         pix[i, [a, b]] = pix[i, [b, a]]

@@ -31,6 +31,10 @@ class Inputs(NamedTuple):
       ``kind`` ("image", "image_size" or "canvas": where the size came from), ``focal`` (pixels)
       and ``center`` ((cx, cy) pixels).
     num_conf: (P,) confident joints of every person.
+    refine_kpset: the keypoint set the refinement fits (:func:`refine_keypoint_set`).
+    refine_keypoints: (P, K', 2) pixel keypoints in it (``keypoints`` when it is the
+      checkpoint's set).
+    refine_conf: (P, K') their confidences.
   """
 
   det: Detections
@@ -40,6 +44,9 @@ class Inputs(NamedTuple):
   stems: list[str]
   frames: list[dict]
   num_conf: np.ndarray
+  refine_kpset: str
+  refine_keypoints: np.ndarray
+  refine_conf: np.ndarray
 
   def stem(self, i: int) -> str:
     """The output files' stem of person ``i``: ``<frame>_p<k>``."""
@@ -90,18 +97,39 @@ def _frame_stems(frames: Sequence[str]) -> list[str]:
   return out
 
 
+# The keypoint set the refinement fits for each source format, with refine_keypoints="detections":
+# every joint the detector gives that the body model can produce. BODY_25's six foot keypoints
+# (toes, heels) fix the feet's orientation, which the checkpoint's COCO-18 set leaves free; the
+# COCO formats give nothing beyond COCO-18 (COCO-17 + the neck derived from the shoulders).
+REFINE_SETS = {"openpose_body25": "body25"}
+REFINE_KEYPOINTS = ("detections", "checkpoint")
+
+
+def refine_keypoint_set(det_format: str, kpset: str, refine_keypoints: str = "detections") -> str:
+  """The keypoint set the refinement fits: with "detections" the source format's own (see
+  :data:`REFINE_SETS`; else ``kpset``), with "checkpoint" the checkpoint's ``kpset``."""
+  if refine_keypoints not in REFINE_KEYPOINTS:
+    raise DetectionError(f"refine_keypoints: expected one of {REFINE_KEYPOINTS}, got "
+                         f"{refine_keypoints!r}")
+  return REFINE_SETS.get(det_format, kpset) if refine_keypoints == "detections" else kpset
+
+
 def read(path: str | os.PathLike, kpset: str, images: str | os.PathLike | None = None,
-         focal_length: float | None = None) -> Inputs:
+         focal_length: float | None = None, refine_keypoints: str = "detections") -> Inputs:
   """Reads a keypoint file or directory (see :func:`lgd_jax.data.detection_files.load`) into the
-  keypoint set ``kpset``, with each frame's image (matched by stem in ``images``) and camera."""
+  keypoint set ``kpset`` (and the refinement's set, :func:`refine_keypoint_set`), with each
+  frame's image (matched by stem in ``images``) and camera."""
   det = load(path)
   kp, conf = to_keypoint_set(det, kpset)
+  refine_kpset = refine_keypoint_set(det.format, kpset, refine_keypoints)
+  kp_r, conf_r = (kp, conf) if refine_kpset == kpset else to_keypoint_set(det, refine_kpset)
   names = body.get_keypoint_set(kpset).names
   index = _image_index(images)
   stems = _frame_stems(det.frames)
   frames = [_frame_camera(det, f, _find_image(index, frame, det.image_ids[f]), kp, conf,
                           focal_length) for f, frame in enumerate(det.frames)]
-  return Inputs(det, kp, conf, names, stems, frames, (conf > 0).sum(-1))
+  return Inputs(det, kp, conf, names, stems, frames, (conf > 0).sum(-1), refine_kpset, kp_r,
+                conf_r)
 
 
 def _frame_camera(det: Detections, f: int, image, kp: np.ndarray, conf: np.ndarray,

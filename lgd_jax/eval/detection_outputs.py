@@ -278,6 +278,7 @@ def summary(restored, inputs, fits: list[dict], skipped: list[dict], *, num_step
       format=det.format, keypoint_set=restored.problem.kpset, num_steps=num_steps,
       training_window=window, until_converged=bool(until_converged),
       tol=float(tol) if until_converged else None, refine_steps=refine_steps,
+      refine_keypoint_set=inputs.refine_kpset if refine_steps else None,
       confidence=confidence,
       focal_length=(f"{float(focal_length):g} px (given)" if focal_length is not None
                     else "sqrt(W^2 + H^2) of the image or canvas"),

@@ -216,7 +216,9 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
               refine_steps: int = 0, prior=None,
               refine_weights: refine.RefineWeights = refine.DEFAULT_WEIGHTS,
               start: str = "learned", relabel: bool = False,
-              relabel_margin=relabelling.DEFAULT_MARGIN) -> BatchFit:
+              relabel_margin=relabelling.DEFAULT_MARGIN, refine_problem: Problem | None = None,
+              refine_keypoints: jnp.ndarray | None = None,
+              refine_conf: jnp.ndarray | None = None) -> BatchFit:
   """Fits a batch of detections with the learned optimiser (inference mode) and places it.
 
   Args:
@@ -241,6 +243,10 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
       person, the labelling whose learned fit explains its keypoints best; only that one is
       refined (:mod:`lgd_jax.fitting.relabel`; static; costs one learned fit per labelling).
     relabel_margin: how much lower (relative) another labelling's score must be.
+    refine_problem: the problem whose keypoint set the refinement fits (e.g. "body25", with the
+      feet; the same body model and camera), with ``refine_keypoints`` (B, K', 2) and
+      ``refine_conf`` (B, K') in that set (relabelled like the learned fit's input); None: the
+      refinement fits ``keypoints`` in ``problem``'s set.
   """
   h = 1
   if relabel:
@@ -267,7 +273,27 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
   placement = place(problem, theta, keypoints, w, focal, center, kp3d)
   learned_px = placement.reproj_px
   if refine_steps:
-    theta, t, _ = refine.refine(problem, theta, placement.cam_translation, keypoints, w, focal,
+    rp, kp_r, w_r = problem, keypoints, w
+    if refine_problem is not None:
+      rp, kp_r = refine_problem, refine_keypoints
+      w_r = objective.confidence_weights(refine_conf, confidence)
+      if relabel:  # the labelling kept, in the refinement's keypoint set
+        perms_r, labels_r = relabelling.hypotheses(rp.kpset)
+        if labels_r != relabelling.hypotheses(problem.kpset)[1]:
+          raise ValueError(f"relabel: the labellings of {rp.kpset} ({labels_r}) differ from "
+                           f"those of {problem.kpset}")
+        idx = jnp.asarray(perms_r)[labelling]
+        kp_r = jnp.take_along_axis(kp_r, idx[..., None], 1)
+        w_r = jnp.take_along_axis(w_r, idx, 1)
+        # Each foot with the nearer ankle (the legs' labelling moves no foot): the detected
+        # ankle, or the learned fit's where the detector missed it.
+        a_fit = list(relabelling.ankle_indices(problem.kpset))
+        a_det = list(relabelling.ankle_indices(rp.kpset))
+        seen = w_r[:, a_det] > 0
+        ankles = jnp.where(seen[..., None], kp_r[:, a_det], placement.keypoints_2d[:, a_fit])
+        margin = jnp.where(jnp.all(seen, -1), 0.0, relabelling.FEET_MARGIN)
+        kp_r, w_r = relabelling.attach_feet(rp.kpset, kp_r, w_r, ankles, margin)
+    theta, t, _ = refine.refine(rp, theta, placement.cam_translation, kp_r, w_r, focal,
                                 center, refine_steps, prior, refine_weights)
     placement = place(problem, theta, keypoints, w, focal, center, translation=t)
   if with_vertices:
@@ -291,7 +317,8 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
              refine_steps: int | None = None, prior="default",
              refine_weights: refine.RefineWeights = refine.DEFAULT_WEIGHTS,
              start: str = "learned", relabel: bool = True,
-             relabel_margin: float = relabelling.DEFAULT_MARGIN) -> dict:
+             relabel_margin: float = relabelling.DEFAULT_MARGIN,
+             refine_keypoints: str = "detections") -> dict:
   """Fits every person of a keypoint file or directory and writes the results to ``out_dir``.
 
   Args:
@@ -321,6 +348,10 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
     relabel: also fit the detections with the left and right of the arms, and of the legs,
       exchanged, and keep each person's most plausible fit (:mod:`lgd_jax.fitting.relabel`;
       default); ``relabel_margin``: by how much another labelling must win.
+    refine_keypoints: the keypoints the refinement fits: "detections" (default: every joint of
+      the source format the body model can produce, BODY_25's feet included;
+      :func:`lgd_jax.eval.detection_inputs.refine_keypoint_set`) or "checkpoint" (the
+      checkpoint's keypoint set, the learned steps' input).
 
   Returns:
     The summary written to ``out_dir/summary.json``.
@@ -341,7 +372,7 @@ def fit_file(restored, path: str | os.PathLike, out_dir: str | os.PathLike,
   num_steps, refine_steps, prior = detection_inputs.settings(
       restored, num_steps, until_converged, refine_steps, confidence, tol, prior, log)
   problem = restored.problem
-  inputs = detection_inputs.read(path, problem.kpset, images, focal_length)
+  inputs = detection_inputs.read(path, problem.kpset, images, focal_length, refine_keypoints)
   todo, skipped = detection_inputs.select(inputs, min_joints, MIN_EXTENT_PX, problem.kpset)
   detection_outputs.prepare(out, [inputs.stem(i) for i in todo], draw, overwrite)
   t_loaded = time.perf_counter()
@@ -394,6 +425,9 @@ def _fit_persons(restored, inputs, todo: list[int], batch_size: int, log, num_st
   if not todo:
     return results, t_fit
   det, kp, conf = inputs.det, inputs.keypoints, inputs.conf
+  problem = restored.problem
+  refine_problem = (None if inputs.refine_kpset == problem.kpset
+                    else problem.replace(kpset=inputs.refine_kpset))
   bsz = min(batch_size, len(todo))
   mesh = parallel.make_mesh()
   focal_all = np.array([inputs.frames[det.person_frame[i]]["focal"] for i in todo], np.float32)
@@ -405,9 +439,12 @@ def _fit_persons(restored, inputs, todo: list[int], batch_size: int, log, num_st
     sel = slice(first, first + len(idx))
     t0 = time.perf_counter()
     batch = parallel.shard_batch((kp[rows], conf[rows], focal_all[sel][pad],
-                                  center_all[sel][pad]), mesh)
-    res = fit_batch(restored.learner, restored.variables, restored.problem, *batch, num_steps,
-                    with_vertices=True, **fit_kwargs)
+                                  center_all[sel][pad], inputs.refine_keypoints[rows],
+                                  inputs.refine_conf[rows]), mesh)
+    extra = {} if refine_problem is None else dict(
+        refine_problem=refine_problem, refine_keypoints=batch[4], refine_conf=batch[5])
+    res = fit_batch(restored.learner, restored.variables, problem, *batch[:4], num_steps,
+                    with_vertices=True, **fit_kwargs, **extra)
     res = jax.device_get(res)
     t_fit += time.perf_counter() - t0
     results.append((idx, res))

@@ -148,7 +148,7 @@ def observe(problem: Problem, pixels: jnp.ndarray, conf: jnp.ndarray, focal=None
   pixels = jnp.asarray(pixels, jnp.float32)
   conf = jnp.asarray(conf, jnp.float32)
   seen = conf >= camera.CONFIDENCE_THRESHOLD
-  weights = seen.astype(jnp.float32) if confidence == "binary" else jnp.where(seen, conf, 0.0)
+  weights = confidence_weights(conf, confidence)
   if not problem.fit_translation:
     return camera.normalize_unit_box(pixels, weights), weights
   f = problem.camera.focal if focal is None else jnp.asarray(focal, jnp.float32)
@@ -157,6 +157,16 @@ def observe(problem: Problem, pixels: jnp.ndarray, conf: jnp.ndarray, focal=None
   c = jnp.broadcast_to(c, pixels.shape[:-2] + (2,))
   norm = (pixels - c[..., None, :]) / f[..., None, :]
   return jnp.where(seen[..., None], norm, 0.0), weights
+
+
+def confidence_weights(conf: jnp.ndarray, confidence: str = "binary") -> jnp.ndarray:
+  """Scores (..., K) -> the objective's weights under the rule ``confidence`` (see
+  :func:`observe`)."""
+  if confidence not in CONFIDENCE_RULES:
+    raise ValueError(f"confidence: expected one of {CONFIDENCE_RULES}, got {confidence!r}")
+  conf = jnp.asarray(conf, jnp.float32)
+  seen = conf >= camera.CONFIDENCE_THRESHOLD
+  return seen.astype(jnp.float32) if confidence == "binary" else jnp.where(seen, conf, 0.0)
 
 
 def to_2d(problem: Problem, kp3d: jnp.ndarray, conf: jnp.ndarray) -> jnp.ndarray:

@@ -40,6 +40,11 @@ LIMB_GROUPS = (("shoulder", "elbow", "wrist"), ("hip", "knee", "ankle"))
 GROUP_LABELS = ("arms", "legs")
 # How much lower (relative) another labelling's score must be than the given one's.
 DEFAULT_MARGIN = 0.2
+# A foot's keypoints (BODY_25's), which go with the ankle they are nearer (:func:`attach_feet`).
+FOOT_PARTS = ("big_toe", "small_toe", "heel")
+# How much closer (relative) exchanged feet must be to their ankles where an ankle is the fit's
+# (the detector missed it); detected ankles decide at margin 0.
+FEET_MARGIN = 0.3
 
 
 def _group_permutation(names, group) -> np.ndarray | None:
@@ -102,3 +107,55 @@ def select(tree, choice: jnp.ndarray, num_hypotheses: int):
     return a[rows] if a.ndim and a.shape[0] == num_hypotheses * b else a
 
   return jax.tree.map(take, tree)
+
+
+@functools.cache
+def _feet(kpset: str):
+  """(left foot points, right foot points) indices of ``kpset``, or None when it has none."""
+  names = list(body.get_keypoint_set(kpset).names)
+  want = [f"{side}_{p}" for side in ("left", "right") for p in FOOT_PARTS]
+  if not all(n in names for n in want):
+    return None
+  idx = np.array([names.index(n) for n in want])
+  return idx[:len(FOOT_PARTS)], idx[len(FOOT_PARTS):]
+
+
+def ankle_indices(kpset: str) -> tuple[int, int]:
+  """(left, right) ankle indices of ``kpset``."""
+  names = list(body.get_keypoint_set(kpset).names)
+  return names.index("left_ankle"), names.index("right_ankle")
+
+
+def attach_feet(kpset: str, keypoints: jnp.ndarray, w: jnp.ndarray, ankles: jnp.ndarray,
+                margin=FEET_MARGIN):
+  """Gives each foot's keypoints to the ankle they are nearer (sets with feet, e.g. BODY_25).
+
+  A detector that confuses a person's legs may or may not confuse the feet with them, and the
+  limb groups exchange hips, knees and ankles only; so, after the labelling is chosen, the left
+  and right foot keypoints are exchanged where that brings them closer to their ankles: the sum
+  over the confident foot points of their distances to their own side's ankle, kept or
+  exchanged, the lower wins. The ankles are given (e.g. those of a fit, which exist where the
+  detector missed one). Sets without feet are returned as they are.
+
+  Args:
+    kpset: the keypoint set's name.
+    keypoints: (B, K, 2) pixels; w: (B, K) weights (0 = missing).
+    ankles: (B, 2, 2) the (left, right) ankles, pixels.
+
+  Returns:
+    (keypoints, w), each person's feet exchanged where that fits its ankles better.
+  """
+  feet = _feet(kpset)
+  if feet is None:
+    return keypoints, w
+  lf, rf = feet
+
+  def cost(side, points):
+    d = jnp.linalg.norm(keypoints[:, points] - ankles[:, side, None], axis=-1)
+    return jnp.sum(w[:, points] * d, -1)
+
+  swap = cost(0, rf) + cost(1, lf) < (1.0 - margin) * (cost(0, lf) + cost(1, rf))
+  perm = np.arange(keypoints.shape[1])
+  perm[lf], perm[rf] = rf, lf
+  kp = jnp.where(swap[:, None, None], keypoints[:, perm], keypoints)
+  return kp, jnp.where(swap[:, None], w[:, perm], w)
