@@ -72,6 +72,15 @@ def test_missing_out_dir_is_a_usage_error(keypoints, capsys):
   assert e.value.code == 2 and "--out-dir" in capsys.readouterr().err
 
 
+def test_refine_keypoints_flag_takes_its_two_choices(keypoints, capsys):
+  for cmd in (fit.main, evaluate.main):
+    with pytest.raises(SystemExit) as e:
+      cmd(["--keypoints", str(keypoints), "--out-dir", "x", "--refine-keypoints", "all"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--refine-keypoints" in err
+    assert "'detections'" in err and "'checkpoint'" in err
+
+
 def _one_error_line(stderr, *expected):
   lines = stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), stderr

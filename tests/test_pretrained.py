@@ -107,5 +107,10 @@ def test_detection_tuning_report(tmp_path):
     table = sections[f"The refinement's {name}-prior weight (the others at their defaults)"]
     for w in weights:
       assert len(table[f"{w:g}"]) == 4 and all(np.isfinite(float(c)) for c in table[f"{w:g}"])
+  kp = sections["The keypoints the refinement fits (PA-MPJPE, mm)"]
+  for method in tuning.KEYPOINT_SETTINGS:
+    row = kp[method]
+    assert len(row) == len(tuning.KEYPOINT_VARIANTS) + 1
+    assert all(np.isfinite(float(c)) for c in row)
   found, exact, noisy = sections["The limb relabelling (default constants)"]["0"]
   assert found.endswith("of 2") and exact == "0 of 2" and noisy == "0 of 2"

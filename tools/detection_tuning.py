@@ -11,6 +11,9 @@ model unless ``--ckpt``):
 * the refinement's prior weights, one at a time (:data:`SWEEPS`: the elbow/knee angle prior
   ``RefineWeights.angle`` and the GMM pose prior ``RefineWeights.pose``) over every seed's
   exact, noisy and swapped sets, the other constants at their defaults;
+* the keypoints the refinement fits (:data:`KEYPOINT_SETTINGS`): the detections' own BODY_25
+  joints (the default, feet included) or the checkpoint's COCO-18, on every input and on a
+  swapped set whose legs are exchanged with their feet;
 * the limb relabelling with the default constants: exchanged limbs found on the swapped sets,
   people relabelled on the exact and noisy ones.
 
@@ -37,6 +40,10 @@ PARTS = {
     "noisy (all three)": db.VARIANTS["noisy"],
 }
 SWEEPS = {"angle": (1e-4, 5e-4, 1e-3, 2e-3), "pose": (1e-4, 3e-4, 1e-3, 3e-3)}
+KEYPOINT_SETTINGS = {"the detections' (BODY_25, default)": dict(),
+                     "the checkpoint's (COCO-18)": dict(refine_keypoints="checkpoint")}
+KEYPOINT_VARIANTS = dict(db.VARIANTS, **{"swapped, feet too": dict(
+    db.VARIANTS["swapped"], swap_limbs=db.SWAP_LIMBS_WITH_FEET)})
 
 
 def _slug(name: str) -> str:
@@ -66,6 +73,15 @@ def sweep(ckpt, out: Path, num_people: int, seed: int, name: str) -> list[dict]:
   return res["rows"]
 
 
+def keypoint_sets(ckpt, out: Path, num_people: int, seed: int) -> list[dict]:
+  """Every input of :data:`KEYPOINT_VARIANTS` refined on each keypoint set."""
+  variants = {_slug(k): v for k, v in KEYPOINT_VARIANTS.items()}
+  res = db.run(ckpt, str(out / f"keypoints_s{seed}"), num_people, seed,
+               settings=KEYPOINT_SETTINGS, smplify=False, log=lambda *a: None, variants=variants)
+  names = dict(zip(variants, KEYPOINT_VARIANTS))
+  return [dict(r, input=names[r["input"]]) for r in res["rows"]]
+
+
 def relabelling(rows: list[dict]) -> dict:
   """Per input: (people relabelled, or on the swapped set exchanged limbs found, people). The
   labelling is chosen before the refinement, so every setting's row counts the same; the first
@@ -79,9 +95,10 @@ def relabelling(rows: list[dict]) -> dict:
 
 
 def report(parts: dict, sweeps: dict, relabels: dict, seeds, num_people: int,
-           wall_s: float) -> str:
+           wall_s: float, keypoints: dict | None = None) -> str:
   lines = [
-      "# Detection fitting: where the error comes from, and the refinement's prior weights",
+      "# Detection fitting: where the error comes from, the refinement's keypoints and prior "
+      "weights",
       "",
       f"`python tools/detection_tuning.py --seeds {','.join(map(str, seeds))}` "
       f"({num_people} people a seed; {machine()}; {wall_s / 60:.1f} min). PA-MPJPE (mm) on the "
@@ -100,6 +117,16 @@ def report(parts: dict, sweeps: dict, relabels: dict, seeds, num_people: int,
         r = next(r for r in parts[s] if r["input"] == name and r["method"] == method)
         cells.append(f"{r['pa_mpjpe_mm']:.1f}, {r['median_reproj_px']:.1f}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  if keypoints:
+    lines += ["", "## The keypoints the refinement fits (PA-MPJPE, mm)", "",
+              "| keypoints | " + " | ".join(f"{v}, seed {s}" for v in KEYPOINT_VARIANTS
+                                            for s in seeds) + " | mean |",
+              "|---|" + "---:|" * (len(seeds) * len(KEYPOINT_VARIANTS) + 1)]
+    for method in KEYPOINT_SETTINGS:
+      vals = [next(r for r in keypoints[s] if r["input"] == v and r["method"] == method)
+              ["pa_mpjpe_mm"] for v in KEYPOINT_VARIANTS for s in seeds]
+      lines.append(f"| {method} | " + " | ".join(f"{x:.1f}" for x in vals)
+                   + f" | {sum(vals) / len(vals):.1f} |")
   for name, weights in SWEEPS.items():
     lines += ["", f"## The refinement's {name}-prior weight (the others at their defaults)",
               "", "| weight | " + " | ".join(f"{v}, seed {s}" for s in seeds for v in db.VARIANTS)
@@ -130,15 +157,18 @@ def main(argv=None) -> int:
   seeds = [int(s) for s in args.seeds.split(",")]
   t0 = time.perf_counter()
   work = Path(args.work_dir)
-  parts, sweeps, relabels = {}, {name: {} for name in SWEEPS}, {}
+  parts, sweeps, relabels, keypoints = {}, {name: {} for name in SWEEPS}, {}, {}
   for s in seeds:
     print(f"seed {s}: the noisy input taken apart ...", flush=True)
     parts[s] = decomposition(args.ckpt, work, args.num_people, s)
+    print(f"seed {s}: the refinement's keypoints ...", flush=True)
+    keypoints[s] = keypoint_sets(args.ckpt, work, args.num_people, s)
     for name in SWEEPS:
       print(f"seed {s}: the {name} prior's weight ...", flush=True)
       sweeps[name][s] = sweep(args.ckpt, work, args.num_people, s, name)
     relabels[s] = relabelling(sweeps[next(iter(SWEEPS))][s])
-  text = report(parts, sweeps, relabels, seeds, args.num_people, time.perf_counter() - t0)
+  text = report(parts, sweeps, relabels, seeds, args.num_people, time.perf_counter() - t0,
+                keypoints)
   if args.out:
     Path(args.out).write_text(text)
   print(text)

@@ -50,6 +50,10 @@ def add_flags(parser: argparse.ArgumentParser, prefix: str = "", helps: dict | N
   add("--no-png", f"{prefix}no PNG per person", action="store_true")
   add("--refine-steps", f"{prefix}iterations of the classical refinement in the image's camera "
       "after the learned steps (default 100; 0 = none)", type=int, default=None)
+  add("--refine-keypoints", f"{prefix}keypoints the refinement fits: 'detections' (every joint "
+      "of the file's format the body model has, BODY_25's feet included; default) or "
+      "'checkpoint' (the checkpoint's keypoint set, as the learned steps)",
+      choices=("detections", "checkpoint"), default="detections")
   add("--no-relabel", f"{prefix}fit the limbs as labelled (default: also with the left and right "
       "of the arms, and of the legs, exchanged, keeping each person's most plausible fit)",
       action="store_true")
@@ -86,6 +90,7 @@ def fit_keypoints(args: argparse.Namespace, log) -> None:
                                 log=log, draw=not args.no_png, confidence=args.confidence,
                                 until_converged=args.until_converged, tol=args.tol,
                                 refine_steps=args.refine_steps, relabel=not args.no_relabel,
+                                refine_keypoints=args.refine_keypoints,
                                 **kwargs)
   print(detections.table(summary))
 
