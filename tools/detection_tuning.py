@@ -39,7 +39,7 @@ PARTS = {
     "10 % missing only": dict(noise_px=0.0, conf_range=(1.0, 1.0), missing=0.1, swap=False),
     "noisy (all three)": db.VARIANTS["noisy"],
 }
-SWEEPS = {"angle": (1e-4, 5e-4, 1e-3, 2e-3), "pose": (1e-4, 3e-4, 1e-3, 3e-3)}
+SWEEPS = {"angle": (1e-4, 5e-4, 1e-3, 2e-3), "pose": (1e-4, 1e-3, 3e-3, 1e-2)}
 KEYPOINT_SETTINGS = {"the detections' (BODY_25, default)": dict(),
                      "the checkpoint's (COCO-18)": dict(refine_keypoints="checkpoint")}
 KEYPOINT_VARIANTS = dict(db.VARIANTS, **{"swapped, feet too": dict(

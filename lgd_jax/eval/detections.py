@@ -32,6 +32,12 @@ the image, a perspective camera is assumed and the translation solved in closed 
 then, by default, :data:`DEFAULT_REFINE_STEPS` iterations of a classical refinement in the
 image's camera (:mod:`lgd_jax.fitting.refine`: robust re-projection, anchored at the learned fit,
 pose and shape priors) make the 2D fit tight (``refine_steps=0``, ``--refine-steps 0``, skips it).
+The refinement fits every joint the detections give that the body model has (``refine_keypoints=
+"detections"``, the default: BODY_25's toes and heels too, which fix the feet's orientation and
+help a leg whose knee is missing; the checkpoint's COCO-18 set has no feet); after the limbs'
+relabelling each foot's keypoints go with the ankle they are nearer
+(:func:`lgd_jax.fitting.relabel.attach_feet`). ``refine_keypoints="checkpoint"`` refines on the
+learned steps' keypoint set.
 The summary records each person's learned and refinement iterations and final error.
 
 * focal length: ``focal_length`` if given, else sqrt(W² + H²) pixels for an image of W × H (the

@@ -24,6 +24,9 @@ on
   shape
   prior keep the refined body plausible where the image constrains nothing (depth, missing joints).
 
+The keypoints k are those of ``problem``'s keypoint set, which need not be the learned fit's:
+detection fitting refines on every joint the detector gives (BODY_25's feet too).
+
 It is the SMPLify recipe with the learned fit as its start and anchor; :data:`DEFAULT_WEIGHTS`
 were chosen on synthetic detection sets (``tools/detection_benchmark.py``).
 """
@@ -48,8 +51,9 @@ class RefineWeights(NamedTuple):
   delta: float = 0.005  # ρ's δ, in units of the person's size (1.5 px of 300)
   stay: float = 0.1
   # The priors' weights from tools/detection_tuning.py (docs/detection_tuning.md: five sets of 48
-  # people, exact, noisy and swapped; 1e-4 each before).
-  pose: float = 1e-3
+  # people, exact, noisy and swapped; 1e-4 each before, pose 1e-3 before the refinement fitted
+  # BODY_25's feet).
+  pose: float = 3e-3
   angle: float = 1e-3
   shape: float = 1e-3
   lr: float = 0.01
