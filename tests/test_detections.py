@@ -460,6 +460,7 @@ def test_refinement_keypoint_set():
     detection_inputs.refine_keypoint_set("coco17", "coco18", "all")
 
 
+@pytest.mark.slow  # two more compiled fits (~40 s on 2 cores); the default suite is near 10 min
 def test_refinement_fits_the_feet_of_body25_detections(restored, bodies):
   """With BODY_25 detections the refinement fits their feet (toes, heels; the checkpoint's
   COCO-18 has none), exchanged feet given back to their ankles first."""

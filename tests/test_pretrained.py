@@ -17,16 +17,16 @@ from lgd_jax.eval import restore
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PEOPLE = 8
 # The packaged model on exact BODY_25 frames of held-out test poses (tools/detection_benchmark.py
-# makes them), with fit.py's defaults (learned steps, relabelling, refinement): measured 47.7-61.3
-# mm PA-MPJPE and a 0.6-0.9 px median re-projection error on five sets of 48 people
+# makes them), with fit.py's defaults (learned steps, relabelling, refinement): measured 44.6-60.3
+# mm PA-MPJPE and a 1.0-1.2 px median re-projection error on five sets of 48 people
 # (docs/detection_tuning.md); 8 people vary more, hence the room.
 PA_MPJPE_MM_MAX = 70.0
 MEDIAN_REPROJ_PX_MAX = 3.0
-# With 3 px noise, U(0.3, 1) confidences and 10 % of the joints missing (measured 69.0-82.4 mm on
+# With 3 px noise, U(0.3, 1) confidences and 10 % of the joints missing (measured 65.6-75.4 mm on
 # five sets of 48).
 NOISY_PA_MPJPE_MM_MAX = 110.0
 # As noisy, and one limb's left and right exchanged per person: the relabelling finds the
-# exchanged limb (231 of 240 people in five sets of 48; 70.7 mm against 154.2 without it on seed 0).
+# exchanged limb (231 of 240 people in five sets of 48; 61.7 mm against 126.8 without it on seed 0).
 SWAPPED_PA_MPJPE_MM_MAX = 110.0
 SWAPS_FOUND_MIN = 0.75
 
