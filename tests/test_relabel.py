@@ -79,21 +79,28 @@ def test_attach_feet_gives_each_foot_to_its_nearer_ankle():
   la, ra = relabel.ankle_indices("body25")
   right = jnp.asarray(np.stack([_feet_person(False), _feet_person(True)]))
   w = jnp.ones(right.shape[:2])
-  kp, ww = relabel.attach_feet("body25", right, w, right[:, [la, ra]])
+  # Detected ankles decide: the fit's ankles (here exchanged) are not looked at.
+  wrong = right[:, [ra, la]]
+  kp, ww = relabel.attach_feet("body25", right, w, wrong)
   np.testing.assert_array_equal(kp[0], right[0])  # feet where they belong: kept
   np.testing.assert_array_equal(kp[1], right[0])  # exchanged feet: given back
   np.testing.assert_array_equal(ww, w)
   # Weights travel with their points; a missing foot point does not pull.
   w2 = w.at[1, names.index("left_heel")].set(0.0)
-  kp, ww = relabel.attach_feet("body25", right, w2, right[:, [la, ra]])
+  kp, ww = relabel.attach_feet("body25", right, w2, wrong)
   np.testing.assert_array_equal(kp[1], right[0])
   assert float(ww[1, names.index("right_heel")]) == 0.0 and float(ww[1].sum()) == w.shape[1] - 1
-  # A margin keeps a labelling that is only a little worse: ankles 40 px apart instead of 60.
+  # A missed ankle: the fit's ankles stand in, and the exchange must win by the margin. Fitted
+  # ankles 40 px apart instead of 60: the exchange wins, but not by 90 %.
+  no_ankle = w[1:].at[0, la].set(0.0)
   near = jnp.asarray([[[320.0, 400.0], [280.0, 400.0]]])
-  kp, _ = relabel.attach_feet("body25", right[1:], w[1:], near, margin=0.0)
+  kp, _ = relabel.attach_feet("body25", right[1:], no_ankle, near, margin=0.0)
   np.testing.assert_array_equal(kp[0], right[0])
-  kp, _ = relabel.attach_feet("body25", right[1:], w[1:], near, margin=0.9)
+  kp, _ = relabel.attach_feet("body25", right[1:], no_ankle, near, margin=0.9)
   np.testing.assert_array_equal(kp[0], right[1])
+  # The same fitted ankles are ignored while both ankles are detected, whatever the margin.
+  kp, _ = relabel.attach_feet("body25", right[1:], w[1:], near[:, ::-1], margin=0.9)
+  np.testing.assert_array_equal(kp[0], right[0])
   # Sets without feet are returned as they are.
   kp18 = jnp.zeros((2, 18, 2))
   out, _ = relabel.attach_feet("coco18", kp18, jnp.ones((2, 18)), jnp.zeros((2, 2, 2)))

@@ -50,13 +50,19 @@ def _slug(name: str) -> str:
   return "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
+def _run_named(ckpt, out: Path, num_people: int, seed: int, settings: dict,
+               variants: dict) -> list[dict]:
+  """:func:`detection_benchmark.run` on ``variants`` (display name -> make_frames arguments),
+  the rows' inputs under their display names."""
+  slugs = {_slug(k): k for k in variants}
+  res = db.run(ckpt, str(out), num_people, seed, settings=settings, smplify=False,
+               log=lambda *a: None, variants={k: variants[v] for k, v in slugs.items()})
+  return [dict(r, input=slugs[r["input"]]) for r in res["rows"]]
+
+
 def decomposition(ckpt, out: Path, num_people: int, seed: int) -> list[dict]:
   settings = {"learned (10 steps)": dict(refine_steps=0), "default": dict()}
-  variants = {_slug(k): v for k, v in PARTS.items()}
-  res = db.run(ckpt, str(out / f"parts_s{seed}"), num_people, seed, settings=settings,
-               smplify=False, log=lambda *a: None, variants=variants)
-  names = dict(zip(variants, PARTS))
-  return [dict(r, input=names[r["input"]]) for r in res["rows"]]
+  return _run_named(ckpt, out / f"parts_s{seed}", num_people, seed, settings, PARTS)
 
 
 def _label(name: str, w: float) -> str:
@@ -68,18 +74,13 @@ def sweep(ckpt, out: Path, num_people: int, seed: int, name: str) -> list[dict]:
   from lgd_jax.fitting import refine
   settings = {_label(name, w): dict(refine_weights=refine.DEFAULT_WEIGHTS._replace(**{name: w}))
               for w in SWEEPS[name]}
-  res = db.run(ckpt, str(out / f"{name}_s{seed}"), num_people, seed, settings=settings,
-               smplify=False, log=lambda *a: None)
-  return res["rows"]
+  return _run_named(ckpt, out / f"{name}_s{seed}", num_people, seed, settings, db.VARIANTS)
 
 
 def keypoint_sets(ckpt, out: Path, num_people: int, seed: int) -> list[dict]:
   """Every input of :data:`KEYPOINT_VARIANTS` refined on each keypoint set."""
-  variants = {_slug(k): v for k, v in KEYPOINT_VARIANTS.items()}
-  res = db.run(ckpt, str(out / f"keypoints_s{seed}"), num_people, seed,
-               settings=KEYPOINT_SETTINGS, smplify=False, log=lambda *a: None, variants=variants)
-  names = dict(zip(variants, KEYPOINT_VARIANTS))
-  return [dict(r, input=names[r["input"]]) for r in res["rows"]]
+  return _run_named(ckpt, out / f"keypoints_s{seed}", num_people, seed, KEYPOINT_SETTINGS,
+                    KEYPOINT_VARIANTS)
 
 
 def relabelling(rows: list[dict]) -> dict:
@@ -92,6 +93,19 @@ def relabelling(rows: list[dict]) -> dict:
       n = r["swaps_found"] if r["input"] == "swapped" else r["relabelled"]
       counts[r["input"]] = (n, r["num_fitted"])
   return counts
+
+
+def _mean_table(head: str, rows: dict, results: dict, columns: list) -> list[str]:
+  """A markdown table: a row per ``rows`` item (row label -> method), a PA-MPJPE column per
+  (input, seed) of ``columns`` from ``results[seed]``'s rows, and their mean."""
+  lines = [f"| {head} | " + " | ".join(f"{v}, seed {s}" for v, s in columns) + " | mean |",
+           "|---|" + "---:|" * (len(columns) + 1)]
+  for label, method in rows.items():
+    vals = [next(r for r in results[s] if r["input"] == v and r["method"] == method)
+            ["pa_mpjpe_mm"] for v, s in columns]
+    lines.append(f"| {label} | " + " | ".join(f"{x:.1f}" for x in vals)
+                 + f" | {sum(vals) / len(vals):.1f} |")
+  return lines
 
 
 def report(parts: dict, sweeps: dict, relabels: dict, seeds, num_people: int,
@@ -118,24 +132,13 @@ def report(parts: dict, sweeps: dict, relabels: dict, seeds, num_people: int,
         cells.append(f"{r['pa_mpjpe_mm']:.1f}, {r['median_reproj_px']:.1f}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   if keypoints:
-    lines += ["", "## The keypoints the refinement fits (PA-MPJPE, mm)", "",
-              "| keypoints | " + " | ".join(f"{v}, seed {s}" for v in KEYPOINT_VARIANTS
-                                            for s in seeds) + " | mean |",
-              "|---|" + "---:|" * (len(seeds) * len(KEYPOINT_VARIANTS) + 1)]
-    for method in KEYPOINT_SETTINGS:
-      vals = [next(r for r in keypoints[s] if r["input"] == v and r["method"] == method)
-              ["pa_mpjpe_mm"] for v in KEYPOINT_VARIANTS for s in seeds]
-      lines.append(f"| {method} | " + " | ".join(f"{x:.1f}" for x in vals)
-                   + f" | {sum(vals) / len(vals):.1f} |")
+    lines += ["", "## The keypoints the refinement fits (PA-MPJPE, mm)", ""]
+    lines += _mean_table("keypoints", {m: m for m in KEYPOINT_SETTINGS}, keypoints,
+                         [(v, s) for v in KEYPOINT_VARIANTS for s in seeds])
   for name, weights in SWEEPS.items():
-    lines += ["", f"## The refinement's {name}-prior weight (the others at their defaults)",
-              "", "| weight | " + " | ".join(f"{v}, seed {s}" for s in seeds for v in db.VARIANTS)
-              + " | mean |", "|---|" + "---:|" * (len(seeds) * len(db.VARIANTS) + 1)]
-    for w in weights:
-      vals = [next(r for r in sweeps[name][s] if r["input"] == v and r["method"] == _label(name, w))
-              ["pa_mpjpe_mm"] for s in seeds for v in db.VARIANTS]
-      lines.append(f"| {w:g} | " + " | ".join(f"{x:.1f}" for x in vals)
-                   + f" | {sum(vals) / len(vals):.1f} |")
+    lines += ["", f"## The refinement's {name}-prior weight (the others at their defaults)", ""]
+    lines += _mean_table("weight", {f"{w:g}": _label(name, w) for w in weights}, sweeps[name],
+                         [(v, s) for s in seeds for v in db.VARIANTS])
   lines += ["", "## The limb relabelling (default constants)", "",
             "| seed | exchanged limbs found (swapped) | relabelled, exact | relabelled, noisy |",
             "|---|---:|---:|---:|"]

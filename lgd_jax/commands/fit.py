@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from lgd_jax.commands import cli
-from lgd_jax.eval import detections, restore
+from lgd_jax.eval import detection_inputs, detections, restore
 
 MAX_BATCH = 64  # persons per compiled batch at most, whatever --batch-size says
 
@@ -53,7 +53,7 @@ def add_flags(parser: argparse.ArgumentParser, prefix: str = "", helps: dict | N
   add("--refine-keypoints", f"{prefix}keypoints the refinement fits: 'detections' (every joint "
       "of the file's format the body model has, BODY_25's feet included; default) or "
       "'checkpoint' (the checkpoint's keypoint set, as the learned steps)",
-      choices=("detections", "checkpoint"), default="detections")
+      choices=detection_inputs.REFINE_KEYPOINTS, default="detections")
   add("--no-relabel", f"{prefix}fit the limbs as labelled (default: also with the left and right "
       "of the arms, and of the legs, exchanged, keeping each person's most plausible fit)",
       action="store_true")

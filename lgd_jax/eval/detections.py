@@ -256,9 +256,17 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
   """
   h = 1
   if relabel:
-    perms = jnp.asarray(relabelling.hypotheses(problem.kpset)[0])
+    perms, labels = relabelling.hypotheses(problem.kpset)
     h = perms.shape[0]
-    keypoints, conf, focal, center = relabelling.expand(perms, keypoints, conf, focal, center)
+    keypoints, conf, focal, center = relabelling.expand(jnp.asarray(perms), keypoints, conf,
+                                                        focal, center)
+    if refine_problem is not None:  # the same labellings of the refinement's keypoints
+      perms_r, labels_r = relabelling.hypotheses(refine_problem.kpset)
+      if labels_r != labels:
+        raise ValueError(f"relabel: the labellings of {refine_problem.kpset} ({labels_r}) differ "
+                         f"from those of {problem.kpset} ({labels})")
+      refine_keypoints, refine_conf = relabelling.expand(jnp.asarray(perms_r), refine_keypoints,
+                                                         refine_conf)
   kp2d, w = normalise_input(problem, keypoints, conf, focal, center, confidence)
   if start == "zero":
     traj = smplify.smplify(problem, kp2d, w, (SMPLIFY_ORIENT_STEPS, 0), pose_prior=prior)
@@ -274,8 +282,9 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
   labelling = jnp.zeros((keypoints.shape[0] // h,), jnp.int32)
   if relabel:  # each person's labelling whose learned fit explains its keypoints best
     labelling = relabelling.choose(reproj.reshape(h, -1), relabel_margin)
-    theta, kp3d, reproj, steps, keypoints, w, focal, center = relabelling.select(
-        (theta, kp3d, reproj, steps, keypoints, w, focal, center), labelling, h)
+    (theta, kp3d, reproj, steps, keypoints, w, focal, center, refine_keypoints,
+     refine_conf) = relabelling.select((theta, kp3d, reproj, steps, keypoints, w, focal, center,
+                                        refine_keypoints, refine_conf), labelling, h)
   placement = place(problem, theta, keypoints, w, focal, center, kp3d)
   learned_px = placement.reproj_px
   if refine_steps:
@@ -283,22 +292,9 @@ def fit_batch(learner: lgd.Learner, variables, problem: Problem, keypoints: jnp.
     if refine_problem is not None:
       rp, kp_r = refine_problem, refine_keypoints
       w_r = objective.confidence_weights(refine_conf, confidence)
-      if relabel:  # the labelling kept, in the refinement's keypoint set
-        perms_r, labels_r = relabelling.hypotheses(rp.kpset)
-        if labels_r != relabelling.hypotheses(problem.kpset)[1]:
-          raise ValueError(f"relabel: the labellings of {rp.kpset} ({labels_r}) differ from "
-                           f"those of {problem.kpset}")
-        idx = jnp.asarray(perms_r)[labelling]
-        kp_r = jnp.take_along_axis(kp_r, idx[..., None], 1)
-        w_r = jnp.take_along_axis(w_r, idx, 1)
-        # Each foot with the nearer ankle (the legs' labelling moves no foot): the detected
-        # ankle, or the learned fit's where the detector missed it.
-        a_fit = list(relabelling.ankle_indices(problem.kpset))
-        a_det = list(relabelling.ankle_indices(rp.kpset))
-        seen = w_r[:, a_det] > 0
-        ankles = jnp.where(seen[..., None], kp_r[:, a_det], placement.keypoints_2d[:, a_fit])
-        margin = jnp.where(jnp.all(seen, -1), 0.0, relabelling.FEET_MARGIN)
-        kp_r, w_r = relabelling.attach_feet(rp.kpset, kp_r, w_r, ankles, margin)
+      if relabel:  # each foot with its nearer ankle (the legs' labelling moves no foot)
+        fitted = placement.keypoints_2d[:, list(relabelling.ankle_indices(problem.kpset))]
+        kp_r, w_r = relabelling.attach_feet(rp.kpset, kp_r, w_r, fitted)
     theta, t, _ = refine.refine(rp, theta, placement.cam_translation, kp_r, w_r, focal,
                                 center, refine_steps, prior, refine_weights)
     placement = place(problem, theta, keypoints, w, focal, center, translation=t)
@@ -445,11 +441,13 @@ def _fit_persons(restored, inputs, todo: list[int], batch_size: int, log, num_st
     sel = slice(first, first + len(idx))
     t0 = time.perf_counter()
     batch = parallel.shard_batch((kp[rows], conf[rows], focal_all[sel][pad],
-                                  center_all[sel][pad], inputs.refine_keypoints[rows],
-                                  inputs.refine_conf[rows]), mesh)
-    extra = {} if refine_problem is None else dict(
-        refine_problem=refine_problem, refine_keypoints=batch[4], refine_conf=batch[5])
-    res = fit_batch(restored.learner, restored.variables, problem, *batch[:4], num_steps,
+                                  center_all[sel][pad]), mesh)
+    extra = {}
+    if refine_problem is not None:  # the refinement's own keypoint set
+      kp_r, conf_r = parallel.shard_batch((inputs.refine_keypoints[rows],
+                                           inputs.refine_conf[rows]), mesh)
+      extra = dict(refine_problem=refine_problem, refine_keypoints=kp_r, refine_conf=conf_r)
+    res = fit_batch(restored.learner, restored.variables, problem, *batch, num_steps,
                     with_vertices=True, **fit_kwargs, **extra)
     res = jax.device_get(res)
     t_fit += time.perf_counter() - t0

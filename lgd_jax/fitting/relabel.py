@@ -42,8 +42,8 @@ GROUP_LABELS = ("arms", "legs")
 DEFAULT_MARGIN = 0.2
 # A foot's keypoints (BODY_25's), which go with the ankle they are nearer (:func:`attach_feet`).
 FOOT_PARTS = ("big_toe", "small_toe", "heel")
-# How much closer (relative) exchanged feet must be to their ankles where an ankle is the fit's
-# (the detector missed it); detected ankles decide at margin 0.
+# How much closer (relative) exchanged feet must be to their ankles where an ankle is a fit's
+# (the detector missed it); detected ankles decide at margin 0 (:func:`attach_feet`).
 FEET_MARGIN = 0.3
 
 
@@ -126,7 +126,7 @@ def ankle_indices(kpset: str) -> tuple[int, int]:
   return names.index("left_ankle"), names.index("right_ankle")
 
 
-def attach_feet(kpset: str, keypoints: jnp.ndarray, w: jnp.ndarray, ankles: jnp.ndarray,
+def attach_feet(kpset: str, keypoints: jnp.ndarray, w: jnp.ndarray, fitted_ankles: jnp.ndarray,
                 margin=FEET_MARGIN):
   """Gives each foot's keypoints to the ankle they are nearer (sets with feet, e.g. BODY_25).
 
@@ -134,13 +134,17 @@ def attach_feet(kpset: str, keypoints: jnp.ndarray, w: jnp.ndarray, ankles: jnp.
   limb groups exchange hips, knees and ankles only; so, after the labelling is chosen, the left
   and right foot keypoints are exchanged where that brings them closer to their ankles: the sum
   over the confident foot points of their distances to their own side's ankle, kept or
-  exchanged, the lower wins. The ankles are given (e.g. those of a fit, which exist where the
-  detector missed one). Sets without feet are returned as they are.
+  exchanged, the lower wins. The detected ankles decide where both were detected; where the
+  detector missed one, ``fitted_ankles`` (a fit's, which always exist) stand in for the missing
+  ones and the exchange must win by the relative ``margin``. Sets without feet are returned as
+  they are.
 
   Args:
     kpset: the keypoint set's name.
     keypoints: (B, K, 2) pixels; w: (B, K) weights (0 = missing).
-    ankles: (B, 2, 2) the (left, right) ankles, pixels.
+    fitted_ankles: (B, 2, 2) a fit's (left, right) ankles, pixels.
+    margin: how much lower (relative) the exchanged feet's distances must be when an ankle is
+      the fit's.
 
   Returns:
     (keypoints, w), each person's feet exchanged where that fits its ankles better.
@@ -149,6 +153,10 @@ def attach_feet(kpset: str, keypoints: jnp.ndarray, w: jnp.ndarray, ankles: jnp.
   if feet is None:
     return keypoints, w
   lf, rf = feet
+  detected = list(ankle_indices(kpset))
+  seen = w[:, detected] > 0
+  ankles = jnp.where(seen[..., None], keypoints[:, detected], fitted_ankles)
+  margin = jnp.where(jnp.all(seen, -1), 0.0, margin)
 
   def cost(side, points):
     d = jnp.linalg.norm(keypoints[:, points] - ankles[:, side, None], axis=-1)
