@@ -55,7 +55,11 @@ def official_camera(dtype=jnp.float32) -> Camera:
 def to_camera_frame(points: jnp.ndarray, camera: Camera) -> jnp.ndarray:
   """World points (..., K, 3) to camera coordinates (..., K, 3)."""
   rot = camera.rotation[..., None, :, :]
-  return jnp.sum(rot * points[..., None, :], -1) + camera.translation[..., None, :]
+  # Written out as three products and two sums rather than a product and a reduction over the
+  # size-3 axis: XLA:CPU hands such small reductions to a library kernel whose per-call cost
+  # dominates here (the objective's gradient at batch 1024 measured 1 ms slower).
+  return (rot[..., 0] * points[..., 0:1] + rot[..., 1] * points[..., 1:2]
+          + rot[..., 2] * points[..., 2:3] + camera.translation[..., None, :])
 
 
 @full_precision
