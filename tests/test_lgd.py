@@ -242,6 +242,9 @@ def test_remat_keeps_the_training_loss_and_gradient_and_saves_memory(problem):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=REMAT_RTOL, atol=1e-7),
                  stats_r, ref_stats)
   assert temps["dots"] < temps["none"] and temps["full"] <= temps["dots"], temps
-  assert temps["step"] < temps["none"], temps
+  # "step" (the whole scan step checkpointed) is not compared with "none" here: with the fused
+  # BatchNorm-PReLU-dropout tail "none" keeps only each layer's Dense output and its input, and
+  # at this test's widths the step's recomputation needs more scratch than that saves (at the
+  # paper's width it needs less: benchmarks/bench_remat.py).
   with pytest.raises(build.ConfigError, match=r"model\.remat"):
     build.make_learner(_tiny_config(**{"model.remat": "some"}), problem)

@@ -7,6 +7,7 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -166,3 +167,76 @@ def test_dropout_impl_is_a_config_choice(problem):
   c.model.dropout_impl = "philox"
   with pytest.raises(build.ConfigError, match="model.dropout_impl"):
     build.make_learner(c, problem)
+
+
+# The fused tail's hand-written gradient against autodiff's chain of the three layers, float32:
+# relative to each value, and absolute relative to the largest gradient in the tree (the Dense
+# bias before a BatchNorm has a gradient that is zero up to rounding in both).
+FUSED_RTOL = 1e-4
+FUSED_ATOL = 1e-5
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_fused_training_tail_is_the_three_layers(problem, monkeypatch, variant):
+  """In training, a DenseBlock's BatchNorm, PReLU and hash dropout run as one function with a
+  hand-written gradient (networks.bn_prelu_dropout): the same variables, output, batch
+  statistics and dropout masks as the three Flax layers, and the same gradient."""
+  out = problem.num_params
+  net = (networks.PaperUpdateNet(out, hidden=HIDDEN, num_blocks=2) if variant == "paper" else
+         networks.OfficialUpdateNet((72, out - 72), hidden=HIDDEN, num_residual=1))
+  x = jax.random.normal(jax.random.PRNGKey(0), (96, 40))
+  variables = net.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}, x,
+                       train=False)
+  # Statistics away from their starts, so that the update's arithmetic is exercised.
+  variables = {"params": variables["params"],
+               "batch_stats": jax.tree.map(lambda v: v + 0.3, variables["batch_stats"])}
+
+  def run(fused, key=7):
+    monkeypatch.setattr(networks, "FUSED_TAIL", fused)
+
+    def loss(params):
+      y, upd = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                         train=True, rngs={"dropout": jax.random.PRNGKey(key)},
+                         mutable=["batch_stats"])
+      return np.float32(0.5) * (y ** 2).sum() + y.sum(), (y, upd["batch_stats"])
+
+    (_, (y, stats)), grad = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    return y, stats, grad
+
+  y0, stats0, grad0 = run(False)
+  y1, stats1, grad1 = run(True)
+  assert jax.tree.structure(grad1) == jax.tree.structure(variables["params"])
+  np.testing.assert_array_equal(np.asarray(y1), np.asarray(y0))  # same masks, same arithmetic
+  jax.tree.map(np.testing.assert_array_equal, stats1, stats0)
+  assert not np.allclose(np.asarray(run(True, key=8)[0]), np.asarray(y1))  # dropout is on
+  largest = max(float(np.abs(g).max()) for g in jax.tree.leaves(grad0))
+  for (path, g0), g1 in zip(jax.tree_util.tree_flatten_with_path(grad0)[0],
+                            jax.tree.leaves(grad1)):
+    np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), rtol=FUSED_RTOL,
+                               atol=FUSED_RTOL * largest, err_msg=jax.tree_util.keystr(path))
+
+
+def test_fused_tail_gradient_includes_the_batch_statistics():
+  """bn_prelu_dropout's gradient with respect to every input, including through the batch mean
+  and variance it returns, matches autodiff of its own forward (no dropout: rate 0)."""
+  k = jax.random.split(jax.random.PRNGKey(0), 4)
+  z = jax.random.normal(k[0], (64, 24)) * 2.0 + 0.5
+  scale = 1.0 + 0.1 * jax.random.normal(k[1], (24,))
+  bias = 0.1 * jax.random.normal(k[2], (24,))
+  slope = np.float32(0.25)
+  seeds = np.zeros((2,), np.uint32)
+  w = jax.random.normal(k[3], (3, 24))
+
+  def f(fn, z, scale, bias, slope):
+    out, mean, var = fn(z, scale, bias, slope, seeds, 0.0)
+    return (jnp.sum(jnp.tanh(out)) + jnp.dot(w[0], mean) + jnp.dot(w[1], var))
+
+  def reference(z, scale, bias, slope, seeds, rate):
+    out, mean, var, _ = networks._fused_forward(z, scale, bias, slope, seeds, rate)
+    return out, mean, var
+
+  g_fused = jax.grad(lambda *a: f(networks.bn_prelu_dropout, *a), argnums=(0, 1, 2, 3))(
+      z, scale, bias, slope)
+  g_auto = jax.grad(lambda *a: f(reference, *a), argnums=(0, 1, 2, 3))(z, scale, bias, slope)
+  for a, b in zip(g_fused, g_auto):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=FUSED_RTOL, atol=FUSED_ATOL)
