@@ -16,7 +16,8 @@ poses, as ``benchmarks/bench_train.py`` sets it up:
             that background load hits all alike.
 
 Every variant computes the same step (the tests check that remat leaves the loss and gradient
-unchanged); only memory and time differ.
+unchanged, and that the fused BatchNorm-PReLU-dropout tail is the three layers); only memory and
+time differ. ``--variants dots,dots+unfused`` compares the fused tail with autodiff's chain.
 """
 
 from __future__ import annotations
@@ -29,15 +30,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import jax  # noqa: E402
 from bench_body_model import machine_info, measure  # noqa: E402
 from bench_train import JaxSide, load_config, probe_memory, write_model_file  # noqa: E402
 
-from lgd_jax.fitting import lgd  # noqa: E402
+from lgd_jax.fitting import lgd, networks  # noqa: E402
+
+UNFUSED = "+unfused"  # variant suffix: autodiff's chain of BatchNorm, PReLU and dropout
+
+
+def _parse(variant: str) -> tuple[str, str, bool]:
+  """"dots@2+unfused" -> ("dots", "2", False): remat, unroll, fused tail."""
+  fused = not variant.endswith(UNFUSED)
+  remat, _, unroll = variant.removesuffix(UNFUSED).partition("@")
+  return remat, unroll, fused
 
 
 def variant_config(model_path, batch, steps, variant: str):
   c = load_config("paper", model_path, batch, steps)
-  remat, _, unroll = variant.partition("@")
+  remat, unroll, _ = _parse(variant)
   c.model.remat = remat
   if unroll:
     c.model.unroll = int(unroll)
@@ -49,7 +60,9 @@ def main(argv=None) -> int:
   p.add_argument("--batch", type=int, default=1024)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--variants", default=",".join(lgd.REMATS),
-                 help="remat values, each optionally with @unroll (e.g. dots@2)")
+                 help="remat values, each optionally with @unroll (e.g. dots@2) and "
+                      f"{UNFUSED} (the network's BatchNorm-PReLU-dropout tail as autodiff's "
+                      "chain of the three layers instead of networks.bn_prelu_dropout)")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--budget-s", type=float, default=15.0)
   p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
@@ -57,8 +70,9 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   variants = [v for v in args.variants.split(",") if v]
   for v in variants:
-    if v.partition("@")[0] not in lgd.REMATS:
-      p.error(f"--variants: {v!r}: expected one of {lgd.REMATS}, optionally @unroll")
+    if _parse(v)[0] not in lgd.REMATS:
+      p.error(f"--variants: {v!r}: expected one of {lgd.REMATS}, optionally @unroll and "
+              f"{UNFUSED}")
   machine = machine_info(None)
   print(f"machine: {machine['cpu']}, {machine['cores']} cores; jax {machine['jax']} "
         f"{machine['jax_devices']}; paper train step, batch {args.batch}, N = {args.steps}")
@@ -67,6 +81,8 @@ def main(argv=None) -> int:
     model_path = write_model_file(Path(tmp))
     sides = {}
     for v in variants:
+      networks.FUSED_TAIL = _parse(v)[2]
+      jax.clear_caches()  # the tail is chosen at trace time
       side = JaxSide(variant_config(model_path, args.batch, args.steps, v))
       side.compile_train()
       mem = side._compiled.memory_analysis()
@@ -83,8 +99,8 @@ def main(argv=None) -> int:
     del sides
     if args.memory:
       for v in variants:
-        remat, _, unroll = v.partition("@")
-        spec = {"framework": "jax", "workload": "paper", "batch": args.batch,
+        remat, unroll, fused = _parse(v)
+        spec = {"framework": "jax", "workload": "paper", "batch": args.batch, "fused_tail": fused,
                 "steps": args.steps, "model": str(model_path), "threads": 1,  # unused by JAX
                 "model_overrides": {"remat": remat, **({"unroll": int(unroll)} if unroll else {})}}
         res = probe_memory(spec, timeout_s=900)

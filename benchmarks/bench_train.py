@@ -80,7 +80,7 @@ from bench_body_model import BackgroundCpu, _version, machine_info, measure, usa
 
 from lgd_jax import body, build, train_state
 from lgd_jax.data import batches
-from lgd_jax.fitting import lgd
+from lgd_jax.fitting import lgd, networks
 from lgd_jax.train import steps
 from lgd_jax.train.loop import release_freed_memory
 
@@ -312,6 +312,7 @@ def run_probe(spec: dict) -> dict:
   config = load_config(spec["workload"], Path(spec["model"]), spec["batch"], spec["steps"])
   for k, v in spec.get("model_overrides", {}).items():
     config.model[k] = v
+  networks.FUSED_TAIL = spec.get("fused_tail", True)
   jside = JaxSide(config)
   if spec["framework"] == "jax":
     fn = jside.train
