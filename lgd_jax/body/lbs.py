@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from lgd_jax.body import keypoint_sets
@@ -76,10 +75,10 @@ def forward_kinematics(local_rot: jnp.ndarray, rest_joints: jnp.ndarray,
 
 
 def _unstack(x: jnp.ndarray, axis: int) -> list[jnp.ndarray]:
-  """The slices of ``x`` along ``axis``, by one ``lax.split`` (its transpose concatenates)."""
+  """The slices of ``x`` along ``axis`` by one split (``jnp.split`` is ``lax.split`` in current
+  JAX, whose transpose concatenates; older JAX slices, which is correct but slower)."""
   axis = axis % x.ndim
-  parts = jax.lax.split(x, (1,) * x.shape[axis], axis=axis)
-  return [jnp.squeeze(part, axis) for part in parts]
+  return [jnp.squeeze(part, axis) for part in jnp.split(x, x.shape[axis], axis=axis)]
 
 
 def _prepare(model: BodyModel, pose: jnp.ndarray, betas: jnp.ndarray):
