@@ -188,8 +188,11 @@ class HashDropout(nn.Module):
       return x
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
-    keep = hash_keep_mask(self.make_rng("dropout"), x.shape, self.rate)
-    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype), jnp.zeros_like(x))
+    return _apply_keep(x, self.seeds(), self.rate)
+
+  def seeds(self):
+    """The two uint32 seeds of this call's mask (:func:`hash_keep_mask`), one 64-bit draw."""
+    return jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
 
 
 def dropout(rate: float, deterministic: bool, impl: str = "hash"):
@@ -207,10 +210,11 @@ class PReLU(nn.Module):
 
   init: float = 0.25
 
-  @nn.compact
+  def setup(self):
+    self.slope = self.param("slope", lambda _: jnp.asarray(self.init, jnp.float32))
+
   def __call__(self, x):
-    slope = self.param("slope", lambda _: jnp.asarray(self.init, jnp.float32))
-    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+    return jnp.where(x >= 0, x, self.slope.astype(x.dtype) * x)
 
 
 class DenseBlock(nn.Module):
@@ -321,35 +325,15 @@ class _BatchNormVariables(nn.Module):
     return mean, var, scale, bias
 
 
-class _PReLUVariables(nn.Module):
-  """:class:`PReLU`'s slope, for the fused tail."""
-
-  init: float = 0.25
-
-  @nn.compact
-  def __call__(self):
-    return self.param("slope", lambda _: jnp.asarray(self.init, jnp.float32))
-
-
-class _DropoutSeeds(nn.Module):
-  """The two uint32 seeds :class:`HashDropout` draws, drawn in the same scope (so the same
-  masks) for the fused tail."""
-
-  @nn.compact
-  def __call__(self):
-    return jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
-
-
 def fused_tail(z, rate: float, is_initializing: bool):
   """The training block's BatchNorm, PReLU and hash dropout as :func:`bn_prelu_dropout`, called
   from a :class:`DenseBlock`'s scope with the variables (and dropout seeds) of the three layers
   it replaces, under their names: the same parameters, statistics and masks."""
   mean_v, var_v, scale, bias = _BatchNormVariables(name="BatchNorm_0")(z.shape[-1])
-  slope = _PReLUVariables(name="PReLU_0")()
-  seeds = (_DropoutSeeds(name="HashDropout_0")() if rate > 0.0
+  slope = PReLU(name="PReLU_0").slope
+  seeds = (HashDropout(rate, name="HashDropout_0").seeds() if rate > 0.0
            else jnp.zeros((2,), jnp.uint32))
-  out, mean, var = bn_prelu_dropout(z.astype(jnp.float32), scale, bias, slope, seeds,
-                                    float(rate))
+  out, mean, var = bn_prelu_dropout(z, scale, bias, slope, seeds, float(rate))
   if not is_initializing:
     mean_v.value = BN_MOMENTUM * mean_v.value + (1.0 - BN_MOMENTUM) * mean
     var_v.value = BN_MOMENTUM * var_v.value + (1.0 - BN_MOMENTUM) * var
